@@ -7,6 +7,7 @@ weights (O, I/groups, *kernel), dense weights (out, in). Every op works under ``
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -64,16 +65,65 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
         raise TypeError(f"data ({jnp.result_type(x)}) and weight ({jnp.result_type(weight)}) "
                         "must have the same dtype")
 
-    spatial = "DHW"[-nsp:]
-    spec = ("N" + spatial + "C") if channels_last else ("NC" + spatial)
-    y = lax.conv_general_dilated(
-        x, weight, window_strides=stride, padding=[(p, p) for p in padding],
-        rhs_dilation=dilation, dimension_numbers=(spec, "OI" + spatial, spec),
-        feature_group_count=groups)
+    if channels_last and nsp == 2 and groups == 1 and stride == (1, 1) and dilation == (1, 1):
+        y = _conv2d_nhwc(x, weight, padding)
+    else:
+        y = _conv_general(x, weight, stride, padding, dilation, groups, channels_last)
     if bias is not None:
         shape = (1,) * (nsp + 1) + (out_channels,) if channels_last else (1, out_channels) + (1,) * nsp
         y = y + bias.reshape(shape)
     return y
+
+
+def _conv_general(x, weight, stride, padding, dilation, groups, channels_last):
+    nsp = jnp.ndim(x) - 2
+    spatial = "DHW"[-nsp:]
+    if channels_last:
+        # An explicit (*kernel, I, O) copy: XLA:CPU's fast convolution wants that physical
+        # layout, and inside a loop it would otherwise run on the (I, O)-major parameter as is,
+        # through a generic emitter several times slower.
+        weight = jnp.transpose(weight, tuple(range(2, nsp + 2)) + (1, 0))
+        specs = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    else:
+        specs = ("NC" + spatial, "OI" + spatial, "NC" + spatial)
+    return lax.conv_general_dilated(
+        x, weight, window_strides=stride, padding=[(p, p) for p in padding],
+        rhs_dilation=dilation, dimension_numbers=specs, feature_group_count=groups)
+
+
+# XLA:CPU differentiates a convolution into convolutions with swapped batch/feature dimensions
+# that it runs 5-10x slower than a forward convolution, and slower still inside a loop (lax.scan).
+# For the stride-1 2-D case, both gradients are written here in forms that stay on its fast
+# paths: the input gradient as a forward convolution of the padded cotangent with the flipped
+# kernel, the weight gradient as one matmul over im2col patches. Checked against autodiff of
+# ``_conv_general`` in tests/test_layers.py.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_nhwc(x, weight, padding):
+    return _conv_general(x, weight, (1, 1), padding, (1, 1), 1, True)
+
+
+def _conv2d_nhwc_fwd(x, weight, padding):
+    return _conv2d_nhwc(x, weight, padding), (x, weight)
+
+
+def _conv2d_nhwc_bwd(padding, residuals, dy):
+    x, weight = residuals
+    _, _, kh, kw = weight.shape
+    flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (2, 3, 0, 1))  # (kh, kw, O, I)
+    dx = lax.conv_general_dilated(
+        dy, flipped, (1, 1), [(kh - 1 - padding[0],) * 2, (kw - 1 - padding[1],) * 2],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, ho, wo, out_channels = dy.shape
+    xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+    patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
+                        axis=3)  # (N, Ho, Wo, kh*kw, C)
+    dw = jnp.matmul(patches.reshape(n * ho * wo, -1).T, dy.reshape(n * ho * wo, out_channels))
+    dw = jnp.transpose(dw.reshape(kh, kw, x.shape[-1], out_channels), (3, 2, 0, 1))
+    return dx.astype(x.dtype), dw.astype(weight.dtype)
+
+
+_conv2d_nhwc.defvjp(_conv2d_nhwc_fwd, _conv2d_nhwc_bwd)
 
 
 def flatten(x):

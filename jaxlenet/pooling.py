@@ -84,7 +84,8 @@ def pool(x, window=None, *, kind: str = "max", stride=None, padding=0, conventio
 
     def window_sum(values):
         padded = lax.pad(values, jnp.zeros((), values.dtype), config)
-        return lax.reduce_window(padded, jnp.zeros((), values.dtype), lax.add, dims, steps, "VALID")
+        # A concrete 0 init makes this JAX's differentiable reduce_window_sum.
+        return lax.reduce_window(padded, np.array(0, values.dtype), lax.add, dims, steps, "VALID")
 
     if kind == "max":
         lowest = jnp.array(jnp.finfo(x.dtype).min, x.dtype)
@@ -159,18 +160,34 @@ def _blocks_fwd(x, spatial_axes, window):
 
 def _blocks_bwd(spatial_axes, window, x, cotangent):
     split, kernel_axes = _split_shape(x.shape, spatial_axes, window)
-    ndim = len(split)
-    # Kernel axes last, in row-major window order, so argmax picks MXNet's first maximum.
-    outer_axes = tuple(a for a in range(ndim) if a not in kernel_axes)
-    windows = jnp.transpose(x.reshape(split), outer_axes + kernel_axes)
-    flat = windows.reshape(windows.shape[:len(outer_axes)] + (math.prod(window),))
-    first = jnp.argmax(flat, axis=-1)
-    positions = jnp.arange(flat.shape[-1], dtype=first.dtype).reshape((1,) * first.ndim + (-1,))
-    onehot = first[..., None] == positions
-    grad = jnp.where(onehot, cotangent[..., None], jnp.zeros((), cotangent.dtype))
-    grad = grad.reshape(windows.shape)
-    grad = jnp.transpose(grad, np.argsort(outer_axes + kernel_axes))
+    blocks = x.reshape(split)
+    y = jnp.expand_dims(_blocks_forward(x, spatial_axes, window), kernel_axes)
+    ct = jnp.expand_dims(cotangent, kernel_axes)
+    # The first maximum in row-major window order takes the gradient, as in MXNet: visit the
+    # window positions in that order, each taking it if it equals the max and none before did.
+    # Plain slices and compares, which XLA fuses into one pass (an argmax over a transposed copy
+    # costs several times more on CPU).
+    taken = None
+    pieces = {}
+    for offsets in np.ndindex(*window):
+        index = [slice(None)] * len(split)
+        for axis, offset in zip(kernel_axes, offsets):
+            index[axis] = slice(offset, offset + 1)
+        hit = blocks[tuple(index)] == y
+        first = hit if taken is None else hit & ~taken
+        taken = hit if taken is None else taken | hit
+        pieces[offsets] = jnp.where(first, ct, jnp.zeros((), ct.dtype))
+    grad = _assemble(pieces, window, kernel_axes)
     return (grad.reshape(x.shape),)
+
+
+def _assemble(pieces, window, kernel_axes, prefix=()):
+    """Concatenates the per-position pieces back along the kernel axes."""
+    if len(prefix) == len(window):
+        return pieces[prefix]
+    depth = len(prefix)
+    return jnp.concatenate([_assemble(pieces, window, kernel_axes, prefix + (i,))
+                            for i in range(window[depth])], axis=kernel_axes[depth])
 
 
 _blocks_max_vjp = jax.custom_vjp(_blocks_forward, nondiff_argnums=(1, 2))

@@ -1,0 +1,93 @@
+"""Checkpoints: one ``.npz`` holding every array of a pytree by its path, plus JSON metadata with a
+SHA-256 over the arrays, written atomically (temporary file, fsync, rename).
+
+A truncated or tampered file raises ``CheckpointError``; it is never loaded silently."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+import tempfile
+import zipfile
+
+import jax
+import numpy as np
+
+FORMAT = "jaxlenet-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, tampered with, or does not fit the model."""
+
+
+def _flatten(tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def save(path, state: dict, meta: dict) -> None:
+    """Writes ``state`` (a dict of pytrees, e.g. params and optimiser state) and JSON-able ``meta``
+    to ``path`` atomically: a crash leaves the previous checkpoint, never a half-written one."""
+    path = pathlib.Path(path)
+    arrays = {f"{part}{key}": value for part, tree in state.items()
+              for key, value in _flatten(tree).items()}
+    header = {"format": FORMAT, "parts": sorted(state), "sha256": _digest(arrays), **meta}
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays by path) after checking the format and the checksum."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    if _digest(arrays) != meta.get("sha256"):
+        raise CheckpointError(f"{path}: checksum mismatch: the checkpoint was modified or damaged")
+    return meta, arrays
+
+
+def restore(arrays: dict[str, np.ndarray], part: str, template):
+    """Rebuilds pytree ``part`` with the structure, shapes and dtypes of ``template``."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    restored = []
+    for path, leaf in leaves:
+        key = part + jax.tree_util.keystr(path)
+        if key not in arrays:
+            raise CheckpointError(f"checkpoint lacks {key}: it was written for another model or "
+                                  "optimiser")
+        value = arrays[key]
+        if value.shape != np.shape(leaf):
+            raise CheckpointError(f"checkpoint {key} has shape {value.shape}, the model expects "
+                                  f"{np.shape(leaf)}")
+        restored.append(value.astype(np.asarray(leaf).dtype))
+    return jax.tree_util.tree_unflatten(treedef, restored)

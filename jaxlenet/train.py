@@ -1,0 +1,286 @@
+"""Training: softmax cross-entropy, optax SGD, a whole epoch as one compiled call, evaluation,
+``fit`` with per-epoch metrics and checkpoints, and exact resumption.
+
+The gradient convention is the tutorial's: ``loss.sum()`` over the batch, then
+``trainer.step(batch_size)``, i.e. the sum of per-example losses divided by the batch size (the
+mean loss; the last, partial batch is kept and still divided by ``batch_size``, as in MXNet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxlenet import checkpoint, data, models
+from jaxlenet.losses import softmax_cross_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run; the command line is built from it and every checkpoint records it."""
+    model: str = "lenet"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    init: str = "xavier"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in models.MODELS:
+            raise ValueError(f"model {self.model!r} is not one of {tuple(models.MODELS)}")
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs {self.epochs} must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size} must be at least 1")
+        if self.seed < 0:
+            raise ValueError(f"seed {self.seed} must not be negative")
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} {value!r} must be a finite number >= 0")
+        if self.lr == 0:
+            raise ValueError("lr 0 would not train: it must be > 0")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum {self.momentum} must be below 1")
+        if self.init not in ("uniform", "normal", "xavier"):
+            raise ValueError(f"init {self.init!r} is not one of ('uniform', 'normal', 'xavier')")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def optimizer(config: Config) -> optax.GradientTransformation:
+    """SGD as MXNet's: weight decay added to the gradient, then (Nesterov) momentum."""
+    sgd = optax.sgd(config.lr, momentum=config.momentum or None, nesterov=config.nesterov)
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
+    return sgd
+
+
+def _to_images(batch):
+    """uint8 (B, 28, 28) -> float32 (B, 1, 28, 28) in [0, 1]."""
+    return (batch.astype(jnp.float32) / 255.0)[:, None]
+
+
+def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, batch_size: int,
+                     *, progress: Callable[[int, int], None] | None = None):
+    """A jitted ``epoch(params, opt_state, images, labels, key) -> (params, opt_state, mean loss,
+    train accuracy)`` (both accumulated during the epoch, as the tutorial does) over uint8 images (N, 28, 28) and int labels (N,) already on the device, shuffled
+    by ``key``; one compiled call (a ``lax.scan`` over batches), one host sync. ``progress(done,
+    total)`` is called from inside the scan every few batches, if given."""
+
+    def loss_fn(params, x, y, mask):
+        logits = model.apply(params, x)
+        losses = softmax_cross_entropy(logits, y)
+        correct = jnp.argmax(logits, axis=-1) == y
+        return jnp.sum(jnp.where(mask, losses, 0.0)) / batch_size, (losses, correct)
+
+    def epoch(params, opt_state, images, labels, key):
+        num_examples = images.shape[0]
+        order, mask = data.batch_indices(key, num_examples, batch_size)
+        num_batches = order.shape[0]
+
+        def step(carry, batch):
+            params, opt_state = carry
+            index, valid, i = batch
+            x, y = _to_images(images[index]), labels[index]
+            (_, (losses, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, valid)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            if progress is not None:
+                every = max(num_batches // 50, 1)
+                lax.cond(i % every == every - 1,
+                         lambda: jax.debug.callback(progress, i + 1, num_batches), lambda: None)
+            return (params, opt_state), (jnp.sum(jnp.where(valid, losses, 0.0)),
+                                         jnp.sum(jnp.where(valid, correct, False)))
+
+        (params, opt_state), (loss_sums, corrects) = lax.scan(
+            step, (params, opt_state), (order, mask, jnp.arange(num_batches)))
+        return params, opt_state, jnp.sum(loss_sums) / num_examples, jnp.sum(corrects) / num_examples
+
+    return jax.jit(epoch, donate_argnums=(0, 1))
+
+
+def make_evaluate(model: models.Model, batch_size: int = 1000):
+    """A jitted ``evaluate(params, images, labels) -> (mean loss, accuracy)`` in which every
+    example counts exactly once (a partial last batch is masked, not dropped)."""
+
+    def evaluate(params, images, labels):
+        order, mask = data.batch_indices(None, images.shape[0], batch_size, shuffle=False)
+
+        def body(totals, batch):
+            index, valid = batch
+            logits = model.apply(params, _to_images(images[index]))
+            y = labels[index]
+            losses = softmax_cross_entropy(logits, y)
+            correct = jnp.argmax(logits, axis=-1) == y
+            return (totals[0] + jnp.sum(jnp.where(valid, losses, 0.0)),
+                    totals[1] + jnp.sum(jnp.where(valid, correct, False))), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (loss_sum, correct), _ = lax.scan(body, (zero, jnp.zeros((), jnp.int32)), (order, mask))
+        return loss_sum / images.shape[0], correct / images.shape[0]
+
+    return jax.jit(evaluate)
+
+
+def select_device(name: str = "auto") -> jax.Device:
+    """'auto': the first GPU if there is one, else the CPU (the tutorial's ``try_gpu``)."""
+    if name not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device {name!r} is not one of ('auto', 'cpu', 'gpu')")
+    if name in ("auto", "gpu"):
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:
+            if name == "gpu":
+                raise ValueError("device 'gpu' was asked for, but JAX sees no GPU here "
+                                 f"(devices: {jax.devices()}); use --device cpu or auto") from None
+    return jax.devices("cpu")[0]
+
+
+# -------------------------------------------------------------------------------------------- fit
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+
+
+def initial_state(config: Config):
+    """(model, optimiser, params, opt_state, shuffle key) for a fresh run."""
+    model = models.build(config.model, init=config.init)
+    opt = optimizer(config)
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = model.init(init_key)
+    return model, opt, params, opt.init(params), shuffle_key
+
+
+def load_checkpoint(path):
+    """(config, model, params, opt_state, shuffle key, epochs done) from a checkpoint file or the
+    run directory holding one."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    meta, arrays = checkpoint.read(path)
+    try:
+        config = Config.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: bad configuration in checkpoint ({exc})") from None
+    model, opt, params, opt_state, key = initial_state(config)
+    params = checkpoint.restore(arrays, "params", params)
+    opt_state = checkpoint.restore(arrays, "opt_state", opt_state)
+    key = checkpoint.restore(arrays, "key", key)
+    return config, model, params, opt_state, key, int(meta["epoch"])
+
+
+def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: str = "auto",
+        log: Callable[[str], None] = print, progress: bool = False, limit: int | None = None):
+    """Trains ``config`` on ``dataset`` = ((train_images, train_labels), (test_images,
+    test_labels)) (uint8 (N, 28, 28), int labels). Per epoch: logs one line, appends to
+    ``out_dir/metrics.jsonl`` and writes ``out_dir/checkpoint.npz`` atomically. ``resume``
+    continues from that checkpoint and ends with exactly the parameters of an uninterrupted run.
+    ``limit`` keeps the first ``limit`` training examples (for smoke runs).
+    Returns (params, history: list of per-epoch dicts)."""
+    (train_x, train_y), (test_x, test_y) = dataset
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    target = select_device(device)
+    out = pathlib.Path(out_dir) if out_dir else None
+    start, history = 0, []
+    if resume:
+        if out is None or not (out / CHECKPOINT).exists():
+            raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out}")
+        saved, model, params, opt_state, key, start = load_checkpoint(out)
+        if dataclasses.replace(saved, epochs=config.epochs) != config:
+            raise ValueError(f"--resume: the checkpoint in {out} was written with {saved}, which "
+                             f"differs from {config} in more than epochs")
+        history = [m for m in read_metrics(out) if m["epoch"] <= start]
+        opt = optimizer(config)
+    else:
+        model, opt, params, opt_state, key = initial_state(config)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out, history)
+
+    put = lambda a: jax.device_put(a, target)
+    train_x, train_y, test_x, test_y = map(put, (train_x, train_y, test_x, test_y))
+    params, opt_state = put(params), put(opt_state)
+    show = _progress_bar if progress else None
+    train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show)
+    evaluate = make_evaluate(model)
+
+    for epoch in range(start + 1, config.epochs + 1):
+        began = time.perf_counter()
+        params, opt_state, loss, train_acc = train_epoch(params, opt_state, train_x, train_y,
+                                              jax.random.fold_in(key, epoch))
+        loss = float(loss)
+        seconds = time.perf_counter() - began
+        if progress:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"epoch {epoch}: the training loss is {loss}; stopped. The "
+                                   f"last good checkpoint (epoch {epoch - 1}) is intact; try a "
+                                   f"smaller --lr than {config.lr}")
+        test_loss, test_acc = evaluate(params, test_x, test_y)
+        record = {"epoch": epoch, "loss": round(loss, 6), "train_acc": round(float(train_acc), 6),
+                  "test_acc": round(float(test_acc), 6), "test_loss": round(float(test_loss), 6),
+                  "seconds": round(seconds, 3)}
+        history.append(record)
+        log(f"epoch {epoch}  loss {loss:.4f}  train acc {record['train_acc']:.3f}  "
+            f"test acc {record['test_acc']:.3f}  time {seconds:.1f} s")
+        if out is not None:
+            checkpoint.save(out / CHECKPOINT, {"params": params, "opt_state": opt_state, "key": key},
+                            {"epoch": epoch, "config": config.to_dict(), "metrics": record})
+            _write_metrics(out, history)
+    return params, history
+
+
+def _progress_bar(done, total):
+    done, total = int(done), int(total)
+    width = 30
+    filled = width * done // total
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches", end="",
+          file=sys.stderr, flush=True)
+
+
+def read_metrics(out_dir) -> list[dict]:
+    path = pathlib.Path(out_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
+    tmp = out / (METRICS + ".part")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+    tmp.replace(out / METRICS)
+
+
+def predict(model: models.Model, params, images) -> np.ndarray:
+    """Class probabilities (N, 10) for float images (N, 1, 28, 28) in [0, 1]."""
+    return np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, jnp.asarray(images)), axis=-1))
