@@ -130,11 +130,14 @@ def locate(data_dir=None) -> pathlib.Path | None:
     return None
 
 
-def download(directory=None, *, mirrors=MIRRORS, timeout: float = 30.0, retries: int = 3,
+def download(directory=None, *, mirrors=None, timeout: float = 30.0, retries: int = 3,
              progress: bool | None = None) -> pathlib.Path:
     """Downloads the four files into ``directory`` (default: the cache), each verified before it is
     atomically renamed into place; a file already there and valid is kept, a corrupt one replaced.
-    Tries each mirror ``retries`` times with a ``timeout`` in seconds per request."""
+    Tries each mirror (default: ``$JAXLENET_MIRROR``, comma-separated base URLs, else
+    ``MIRRORS``) ``retries`` times with a ``timeout`` in seconds per request."""
+    if mirrors is None:
+        mirrors = tuple(filter(None, os.environ.get("JAXLENET_MIRROR", "").split(","))) or MIRRORS
     directory = pathlib.Path(directory) if directory else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if progress is None else progress

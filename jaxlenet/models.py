@@ -20,7 +20,8 @@ IMAGE_SHAPE = (1, 28, 28)
 
 
 class Model(NamedTuple):
-    """``init(key) -> params``; ``apply(params, images (N, 1, 28, 28)) -> logits (N, classes)``."""
+    """``init(key) -> params``; ``apply(params, images (N, 1, 28, 28)) -> logits (N, classes)``,
+    images cast to the parameters' dtype (float32 from ``init``)."""
     name: str
     init: Callable
     apply: Callable
@@ -48,7 +49,8 @@ def _model(name: str, build: Callable[[str], tuple[tuple[str, Layer], ...]], lay
         if jnp.ndim(images) != 4 or tuple(jnp.shape(images)[1:]) != IMAGE_SHAPE:
             raise ValueError(f"images must be (N, {', '.join(map(str, IMAGE_SHAPE))}), got shape "
                              f"{jnp.shape(images)}")
-        return net.apply(params, to_internal(images))
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return net.apply(params, to_internal(jnp.asarray(images, dtype)))
 
     return Model(name, init, apply, tuple(named_layers), layout)
 

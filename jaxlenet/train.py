@@ -8,7 +8,9 @@ mean loss; the last, partial batch is kept and still divided by ``batch_size``, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import pathlib
@@ -119,7 +121,7 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
                 lax.cond(i % every == every - 1,
                          lambda: jax.debug.callback(progress, i + 1, num_batches), lambda: None)
             return (params, opt_state), (jnp.sum(jnp.where(valid, losses, 0.0)),
-                                         jnp.sum(jnp.where(valid, correct, False)))
+                                         jnp.sum(jnp.where(valid, correct, False), dtype=jnp.int32))
 
         (params, opt_state), (loss_sums, corrects) = lax.scan(
             step, (params, opt_state), (order, mask, jnp.arange(num_batches)))
@@ -142,7 +144,7 @@ def make_evaluate(model: models.Model, batch_size: int = 1000):
             losses = softmax_cross_entropy(logits, y)
             correct = jnp.argmax(logits, axis=-1) == y
             return (totals[0] + jnp.sum(jnp.where(valid, losses, 0.0)),
-                    totals[1] + jnp.sum(jnp.where(valid, correct, False))), None
+                    totals[1] + jnp.sum(jnp.where(valid, correct, False), dtype=jnp.int32)), None
 
         zero = jnp.zeros((), jnp.float32)
         (loss_sum, correct), _ = lax.scan(body, (zero, jnp.zeros((), jnp.int32)), (order, mask))
@@ -166,6 +168,27 @@ def select_device(name: str = "auto") -> jax.Device:
 
 
 # -------------------------------------------------------------------------------------------- fit
+
+
+class RunLocked(RuntimeError):
+    """Another process is training into the same run directory."""
+
+
+@contextlib.contextmanager
+def run_lock(out_dir):
+    """Holds an exclusive lock on ``out_dir/.lock`` for the life of a run, so two ``train``
+    commands never interleave their checkpoints; the OS drops it if the process dies."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another run is training into {out} (it holds {out / '.lock'})") from None
+        try:
+            yield out
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -243,9 +266,10 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         if progress:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"epoch {epoch}: the training loss is {loss}; stopped. The "
-                                   f"last good checkpoint (epoch {epoch - 1}) is intact; try a "
-                                   f"smaller --lr than {config.lr}")
+            kept = (f"the checkpoint of epoch {epoch - 1} in {out} is intact"
+                    if out is not None and epoch > 1 else "no checkpoint was written")
+            raise TrainingDiverged(f"epoch {epoch}: the training loss is {loss}; stopped ({kept}). "
+                                   f"Try a smaller learning rate than {config.lr}")
         test_loss, test_acc = evaluate(params, test_x, test_y)
         record = {"epoch": epoch, "loss": round(loss, 6), "train_acc": round(float(train_acc), 6),
                   "test_acc": round(float(test_acc), 6), "test_loss": round(float(test_loss), 6),

@@ -1,0 +1,5 @@
+import sys
+
+from jaxlenet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,218 @@
+"""The ``jaxlenet`` command: argument parsing only; the work is in train, data, models and bench.
+
+Usage errors and bad values exit with status 2 and one line on stderr; a diverged run exits 3;
+an interrupted one 130, its last checkpoint intact."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import sys
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class UsageError(Exception):
+    """A bad command line or value: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxlenet.train import Config
+
+    defaults = Config()
+    parser = _Parser(prog="jaxlenet", description="LeNet on Fashion-MNIST, exact to MXNet, in JAX.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a LeNet on Fashion-MNIST")
+    train.add_argument("--model", choices=("lenet", "lenet5"), default=defaults.model)
+    train.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    train.add_argument("--lr", type=_finite_float, default=defaults.lr)
+    train.add_argument("--momentum", type=_finite_float, default=defaults.momentum)
+    train.add_argument("--nesterov", action="store_true")
+    train.add_argument("--weight-decay", type=_finite_float, default=defaults.weight_decay)
+    train.add_argument("--init", choices=("normal", "xavier", "uniform"), default=defaults.init)
+    train.add_argument("--seed", type=_non_negative_int, default=defaults.seed)
+    train.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files")
+    train.add_argument("--out", default="runs/lenet", help="run directory (default: runs/lenet)")
+    train.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--limit", type=_positive_int, help="train on the first N examples only")
+    train.add_argument("--no-plots", action="store_true", help="skip curves.png/predictions.png")
+
+    evaluate = commands.add_parser("evaluate", help="test accuracy of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+
+    predict = commands.add_parser("predict", help="classify PNG/JPEG images")
+    predict.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    predict.add_argument("--top", type=_positive_int, default=3)
+    predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                         help="Fashion-MNIST is light on dark; 'auto' inverts light backgrounds")
+    predict.add_argument("images", nargs="+")
+
+    summary = commands.add_parser("summary", help="layer-by-layer output shapes")
+    summary.add_argument("--model", choices=("lenet", "lenet5"), default="lenet")
+    summary.add_argument("--batch-size", type=_positive_int, default=1)
+
+    bench = commands.add_parser("bench", help="time training and inference")
+    bench.add_argument("--model", choices=("lenet", "lenet5", "all"), default="all")
+    bench.add_argument("--epochs", type=_positive_int, default=2,
+                       help="timed epochs per framework (after a warm-up)")
+    bench.add_argument("--batch-size", type=_positive_int, default=256)
+    bench.add_argument("--limit", type=_positive_int, help="examples per epoch (default: 60,000)")
+    bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    bench.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _train(args) -> int:
+    from jaxlenet import data, models, plots, train
+
+    config = train.Config(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                          weight_decay=args.weight_decay, init=args.init, seed=args.seed)
+    out = pathlib.Path(args.out)
+    if not args.resume and (out / train.CHECKPOINT).exists():
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose "
+                         "another --out")
+    dataset = data.load_fashion_mnist(args.data_dir)
+    with train.run_lock(out):
+        device = train.select_device(args.device)
+        print(f"jaxlenet: training {config.model} on {device.platform} "
+              f"({json.dumps(dataclasses.asdict(config))})", file=sys.stderr)
+        params, history = train.fit(config, dataset, out_dir=out, resume=args.resume,
+                                    device=args.device, limit=args.limit,
+                                    progress=sys.stderr.isatty())
+        if not args.no_plots and history:
+            plots.plot_curves(history, out / "curves.png")
+            (_, _), (test_x, test_y) = dataset
+            model = models.build(config.model, init=config.init)
+            probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
+            plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
+                                   out / "predictions.png")
+    print(f"jaxlenet: wrote {out}/checkpoint.npz, metrics.jsonl"
+          + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
+    return 0
+
+
+def _evaluate(args) -> int:
+    import jax
+
+    from jaxlenet import data, train
+
+    config, model, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
+    _, (test_x, test_y) = data.load_fashion_mnist(args.data_dir)
+    device = train.select_device(args.device)
+    loss, acc = train.make_evaluate(model)(jax.device_put(params, device),
+                                           jax.device_put(test_x, device),
+                                           jax.device_put(test_y, device))
+    print(f"{config.model} after epoch {epoch}: test loss {float(loss):.4f}  "
+          f"test acc {float(acc):.4f}  ({len(test_y)} images)")
+    return 0
+
+
+def _predict(args) -> int:
+    from jaxlenet import data, images, train
+
+    _, model, params, _, _, _ = train.load_checkpoint(args.checkpoint)
+    batch = images.load_images(args.images, invert=args.invert)
+    probs = train.predict(model, params, batch)
+    top = min(args.top, probs.shape[1])
+    for path, p in zip(args.images, probs):
+        best = p.argsort()[::-1][:top]
+        ranked = ", ".join(f"{data.CLASS_NAMES[i]} {p[i]:.3f}" for i in best)
+        print(f"{path}: {ranked}")
+    return 0
+
+
+def _summary(args) -> int:
+    from jaxlenet import models
+
+    print(models.format_summary(models.build(args.model), args.batch_size))
+    return 0
+
+
+def _bench(args) -> int:
+    from jaxlenet import bench
+
+    report = bench.run(models=("lenet", "lenet5") if args.model == "all" else (args.model,),
+                       epochs=args.epochs, batch_size=args.batch_size, limit=args.limit,
+                       torch=not args.no_torch, device=args.device,
+                       log=None if args.json else print)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "summary": _summary,
+            "bench": _bench}
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv=None) -> int:
+    from jaxlenet.checkpoint import CheckpointError
+    from jaxlenet.data import DataError
+    from jaxlenet.train import RunLocked, TrainingDiverged
+
+    with contextlib.suppress(ValueError):  # not in the main thread: leave SIGTERM alone
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, TypeError, DataError, CheckpointError, RunLocked,
+            FileNotFoundError) as exc:
+        print(f"jaxlenet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as exc:
+        print(f"jaxlenet: diverged: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print("\njaxlenet: interrupted; the last completed epoch's checkpoint is intact "
+              "(continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Figures a person would rather look at than read: training curves and a grid of predictions.
+matplotlib is imported lazily, with the non-interactive Agg backend."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(history: list[dict], path) -> pathlib.Path:
+    """Training loss (left) and train/test accuracy (right) per epoch, as the tutorial's
+    animator draws them."""
+    plt = _pyplot()
+    epochs = [m["epoch"] for m in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [m["loss"] for m in history], "o-", label="train loss")
+    if all("test_loss" in m for m in history):
+        left.plot(epochs, [m["test_loss"] for m in history], "s--", label="test loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("cross-entropy")
+    left.legend()
+    right.plot(epochs, [m["train_acc"] for m in history], "o-", label="train acc")
+    right.plot(epochs, [m["test_acc"] for m in history], "s--", label="test acc")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy")
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def plot_predictions(images, labels, predicted, class_names, path, *, columns: int = 8
+                     ) -> pathlib.Path:
+    """A grid of images (N, 28, 28) titled 'predicted / true'; mistakes in red."""
+    plt = _pyplot()
+    images = np.asarray(images)
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, image, true, guess in zip(np.ravel(axes), images, labels, predicted):
+        ax.imshow(image, cmap="gray_r" if image.max() <= 1 else "gray")
+        wrong = int(true) != int(guess)
+        ax.set_title(f"{class_names[int(guess)]}\n/ {class_names[int(true)]}", fontsize=7,
+                     color="red" if wrong else "black")
+    fig.suptitle("predicted / true (mistakes in red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return pathlib.Path(path)

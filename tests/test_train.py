@@ -1,0 +1,201 @@
+"""Models and training: the internal layout is invisible, the gradient convention is the
+tutorial's, runs are deterministic, resumption is exact, divergence stops cleanly."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlenet import checkpoint, models, nd, train
+from jaxlenet.losses import softmax_cross_entropy
+
+
+def small_dataset(n_train=600, n_test=130, seed=0):
+    """Random uint8 images whose label is a function of the image, so training can learn it."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    labels = (images[:, 10:18, 10:18].mean(axis=(1, 2)) // 12.8).astype(np.int32) % 10
+    return (images[:n_train], labels[:n_train]), (images[n_train:], labels[n_train:])
+
+
+@pytest.mark.parametrize("name", ["lenet", "lenet5"])
+def test_channels_last_model_equals_the_mxnet_layout_model(name):
+    fast = models.build(name)
+    plain = models.build(name, layout="NCHW")
+    params = fast.init(jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+        plain.init(jax.random.PRNGKey(0)))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (8, 1, 28, 28))
+    y = jnp.arange(8) % 10
+
+    def loss(model):
+        return lambda p: jnp.mean(softmax_cross_entropy(model.apply(p, x), y))
+
+    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
+    for g_fast, g_plain in zip(jax.tree_util.tree_leaves(jax.grad(loss(fast))(params)),
+                               jax.tree_util.tree_leaves(jax.grad(loss(plain))(params))):
+        np.testing.assert_allclose(g_fast, g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_lenet_is_the_tutorials_nd_network():
+    """The model computes what the tutorial's from-scratch ``net`` computes with nd ops."""
+    model = models.build("lenet")
+    p = model.init(jax.random.PRNGKey(3))
+    x = jax.random.uniform(jax.random.PRNGKey(4), (4, 1, 28, 28), jnp.float32)
+    h1 = nd.Pooling(nd.relu(nd.Convolution(x, p["conv0"]["weight"], p["conv0"]["bias"],
+                                           kernel=(5, 5), num_filter=20)),
+                    pool_type="max", kernel=(2, 2), stride=(2, 2))
+    h2 = nd.Pooling(nd.relu(nd.Convolution(h1, p["conv1"]["weight"], p["conv1"]["bias"],
+                                           kernel=(3, 3), num_filter=50)),
+                    pool_type="max", kernel=(2, 2), stride=(2, 2))
+    h3 = nd.relu(nd.FullyConnected(nd.flatten(h2), p["dense0"]["weight"], p["dense0"]["bias"],
+                                   num_hidden=128))
+    out = nd.FullyConnected(h3, p["dense1"]["weight"], p["dense1"]["bias"], num_hidden=10)
+    np.testing.assert_allclose(model.apply(p, x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_one_epoch_is_the_tutorials_sgd_with_the_last_batch_divided_by_batch_size():
+    """Two batches of 4 (the second partial, 2 examples) by hand, against the compiled epoch."""
+    config = train.Config(batch_size=4, lr=0.1, momentum=0.0, init="uniform")
+    model, opt, params, opt_state, _ = train.initial_state(config)
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 6).astype(np.int32)
+    key = jax.random.PRNGKey(9)
+    epoch = train.make_train_epoch(model, opt, config.batch_size)
+    got, _, loss, acc = epoch(jax.tree_util.tree_map(jnp.copy, params), opt_state,
+                              jnp.asarray(images), jnp.asarray(labels), key)
+
+    order = np.asarray(jax.random.permutation(key, 6))
+    expected, losses, correct = params, [], 0
+    for batch in (order[:4], order[4:]):
+        x = jnp.asarray(images[batch], jnp.float32)[:, None] / 255.0
+        y = jnp.asarray(labels[batch])
+
+        def batch_loss(p):
+            return jnp.sum(softmax_cross_entropy(model.apply(p, x), y)) / 4  # trainer.step(4)
+
+        logits = model.apply(expected, x)
+        losses += list(softmax_cross_entropy(logits, y))
+        correct += int(jnp.sum(jnp.argmax(logits, -1) == y))
+        grads = jax.grad(batch_loss)(expected)
+        expected = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, expected, grads)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-5)
+    assert float(acc) == pytest.approx(correct / 6)
+
+
+def test_evaluate_counts_every_example_once():
+    model = models.build("lenet")
+    params = model.init(jax.random.PRNGKey(0))
+    (_, _), (x, y) = small_dataset(n_test=130)
+    loss, acc = train.make_evaluate(model, batch_size=32)(params, jnp.asarray(x), jnp.asarray(y))
+    logits = model.apply(params, jnp.asarray(x, jnp.float32)[:, None] / 255.0)
+    np.testing.assert_allclose(float(loss), float(jnp.mean(softmax_cross_entropy(logits, y))),
+                               rtol=1e-5)
+    assert float(acc) == pytest.approx(float(jnp.mean(jnp.argmax(logits, -1) == y)))
+
+
+def test_training_learns_and_is_deterministic(tmp_path):
+    config = train.Config(epochs=3, batch_size=32, lr=0.05)
+    dataset = small_dataset()
+    params_a, history = train.fit(config, dataset, log=lambda _: None)
+    params_b, again = train.fit(config, dataset, log=lambda _: None)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert [m["loss"] for m in history] == [m["loss"] for m in again]
+    for a, b in zip(jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
+    dataset = small_dataset()
+    config = train.Config(epochs=3, batch_size=64, lr=0.05, momentum=0.9)
+    whole, _ = train.fit(config, dataset, out_dir=tmp_path / "whole", log=lambda _: None)
+    train.fit(dataclasses.replace(config, epochs=1), dataset, out_dir=tmp_path / "cut",
+              log=lambda _: None)
+    resumed, history = train.fit(config, dataset, out_dir=tmp_path / "cut", resume=True,
+                                 log=lambda _: None)
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert [m["epoch"] for m in train.read_metrics(tmp_path / "cut")] == [1, 2, 3]
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    _, _, saved, _, _, epoch = train.load_checkpoint(tmp_path / "cut")
+    assert epoch == 3
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(saved)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    dataset = small_dataset(n_train=64, n_test=10)
+    train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
+    with pytest.raises(ValueError, match="differs"):
+        train.fit(train.Config(epochs=2, batch_size=32, lr=0.3), dataset, out_dir=tmp_path,
+                  resume=True, log=lambda _: None)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    dataset = small_dataset(n_train=256, n_test=10)
+    good = train.Config(epochs=1, batch_size=32, lr=0.05)
+    train.fit(good, dataset, out_dir=tmp_path, log=lambda _: None)
+    before = (tmp_path / train.CHECKPOINT).read_bytes()
+    with pytest.raises(train.TrainingDiverged, match="epoch 1"):
+        train.fit(train.Config(epochs=2, batch_size=32, lr=1e9, momentum=0.0), dataset,
+                  out_dir=tmp_path / "bad", log=lambda _: None)
+    assert not (tmp_path / "bad" / train.CHECKPOINT).exists()
+    assert (tmp_path / train.CHECKPOINT).read_bytes() == before
+
+
+def test_tampered_and_truncated_checkpoints_are_refused(tmp_path):
+    dataset = small_dataset(n_train=64, n_test=10)
+    train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
+    path = tmp_path / train.CHECKPOINT
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        train.load_checkpoint(tmp_path)
+    meta, arrays = None, None
+    path.write_bytes(raw)
+    meta, arrays = checkpoint.read(path)
+    arrays["params['dense1']['bias']"] = arrays["params['dense1']['bias']"] + 1
+    import io
+    import json
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
+        train.load_checkpoint(tmp_path)
+
+
+def test_config_rejects_bad_values():
+    for bad in ({"epochs": 0}, {"batch_size": -1}, {"lr": float("nan")}, {"lr": 0},
+                {"momentum": 1.0}, {"model": "vgg"}, {"init": "he"}, {"epochs": 1.5}):
+        with pytest.raises((ValueError, TypeError)):
+            train.Config(**bad)
+
+
+def test_optimizer_matches_mxnet_sgd_with_weight_decay_and_momentum():
+    config = train.Config(lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt = train.optimizer(config)
+    w = {"w": jnp.array([1.0, -2.0])}
+    g = {"w": jnp.array([0.5, 0.25])}
+    state = opt.init(w)
+    mom = np.zeros(2)
+    expected = np.array([1.0, -2.0])
+    for _ in range(3):
+        updates, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        mom = 0.9 * mom + (np.array([0.5, 0.25]) + 0.01 * expected)  # MXNet: grad + wd * weight
+        expected = expected - 0.1 * mom
+    np.testing.assert_allclose(w["w"], expected, rtol=1e-6)
+
+
+def test_select_device():
+    assert train.select_device("cpu").platform == "cpu"
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        assert train.select_device("auto").platform == "cpu"
+        with pytest.raises(ValueError, match="no GPU"):
+            train.select_device("gpu")
