@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -52,6 +53,13 @@ def _finite_float(text):
     return value
 
 
+def _config_option(parser, defaults, flag, help="", **kwargs):
+    """A flag for a ``Config`` field; unset flags stay None, so --resume can tell them apart."""
+    field = flag[2:].replace("-", "_")
+    parser.add_argument(flag, dest=field, default=None,
+                        help=f"{help} (default: {getattr(defaults, field)})".strip(), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxlenet.train import Config
 
@@ -59,16 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxlenet", description="LeNet on Fashion-MNIST, exact to MXNet, in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train a LeNet on Fashion-MNIST")
-    train.add_argument("--model", choices=("lenet", "lenet5"), default=defaults.model)
-    train.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
-    train.add_argument("--lr", type=_finite_float, default=defaults.lr)
-    train.add_argument("--momentum", type=_finite_float, default=defaults.momentum)
-    train.add_argument("--nesterov", action="store_true")
-    train.add_argument("--weight-decay", type=_finite_float, default=defaults.weight_decay)
-    train.add_argument("--init", choices=("normal", "xavier", "uniform"), default=defaults.init)
-    train.add_argument("--seed", type=_non_negative_int, default=defaults.seed)
+    train = commands.add_parser(
+        "train", help="train a LeNet on Fashion-MNIST",
+        description="Train a LeNet on Fashion-MNIST. With --resume, the run continues with the "
+                    "configuration its checkpoint recorded; flags given override it.")
+    option = functools.partial(_config_option, train, defaults)
+    option("--model", choices=("lenet", "lenet5"))
+    option("--epochs", type=_positive_int)
+    option("--batch-size", type=_positive_int)
+    option("--lr", type=_finite_float, help="learning rate")
+    option("--momentum", type=_finite_float)
+    option("--nesterov", action="store_const", const=True, help="Nesterov momentum")
+    option("--weight-decay", type=_finite_float, help="L2 penalty added to the gradient")
+    option("--init", choices=("normal", "xavier", "uniform"),
+           help="normal(0.01), MXNet's Xavier, or MXNet's default uniform(0.07)")
+    option("--schedule", choices=("constant", "cosine"),
+           help="learning rate: constant, or a half cosine down to 0 at the end")
+    option("--seed", type=_non_negative_int)
     train.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files")
     train.add_argument("--out", default="runs/lenet", help="run directory (default: runs/lenet)")
     train.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -107,13 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from jaxlenet import data, models, plots, train
 
-    config = train.Config(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                          weight_decay=args.weight_decay, init=args.init, seed=args.seed)
     out = pathlib.Path(args.out)
-    if not args.resume and (out / train.CHECKPOINT).exists():
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(train.Config)
+             if getattr(args, f.name) is not None}
+    if args.resume:
+        config = dataclasses.replace(train.load_checkpoint(out)[0], **given)
+    elif (out / train.CHECKPOINT).exists():
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose "
                          "another --out")
+    else:
+        config = train.Config(**given)
     dataset = data.load_fashion_mnist(args.data_dir)
     with train.run_lock(out):
         device = train.select_device(args.device)

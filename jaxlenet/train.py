@@ -37,8 +37,9 @@ class Config:
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = 5e-4
     init: str = "xavier"
+    schedule: str = "cosine"
     seed: int = 0
 
     def __post_init__(self):
@@ -62,6 +63,8 @@ class Config:
             raise ValueError("lr 0 would not train: it must be > 0")
         if self.momentum >= 1:
             raise ValueError(f"momentum {self.momentum} must be below 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
         if self.init not in ("uniform", "normal", "xavier"):
             raise ValueError(f"init {self.init!r} is not one of ('uniform', 'normal', 'xavier')")
 
@@ -74,13 +77,21 @@ class Config:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
-def optimizer(config: Config) -> optax.GradientTransformation:
-    """SGD as MXNet's: weight decay added to the gradient, then (Nesterov) momentum."""
-    sgd = optax.sgd(config.lr, momentum=config.momentum or None, nesterov=config.nesterov)
+def optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """SGD as MXNet's: weight decay added to the gradient, then (Nesterov) momentum. The learning
+    rate is ``config.lr`` throughout ('constant'), or decays to 0 along a half cosine over all
+    ``config.epochs * steps_per_epoch`` steps ('cosine')."""
+    lr = config.lr
+    if config.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(config.lr, max(config.epochs * steps_per_epoch, 1))
+    sgd = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
     return sgd
@@ -194,10 +205,10 @@ CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 
 
-def initial_state(config: Config):
+def initial_state(config: Config, steps_per_epoch: int = 1):
     """(model, optimiser, params, opt_state, shuffle key) for a fresh run."""
     model = models.build(config.model, init=config.init)
-    opt = optimizer(config)
+    opt = optimizer(config, steps_per_epoch)
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = model.init(init_key)
     return model, opt, params, opt.init(params), shuffle_key
@@ -233,6 +244,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
     if limit is not None:
         train_x, train_y = train_x[:limit], train_y[:limit]
     target = select_device(device)
+    steps_per_epoch = -(-len(train_x) // config.batch_size)
     out = pathlib.Path(out_dir) if out_dir else None
     start, history = 0, []
     if resume:
@@ -242,10 +254,14 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         if dataclasses.replace(saved, epochs=config.epochs) != config:
             raise ValueError(f"--resume: the checkpoint in {out} was written with {saved}, which "
                              f"differs from {config} in more than epochs")
+        if saved.schedule == "cosine" and saved.epochs != config.epochs:
+            raise ValueError(f"--resume: the run in {out} decays its learning rate over "
+                             f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
+                             f"to {config.epochs}; start a new run instead")
         history = [m for m in read_metrics(out) if m["epoch"] <= start]
-        opt = optimizer(config)
+        opt = optimizer(config, steps_per_epoch)
     else:
-        model, opt, params, opt_state, key = initial_state(config)
+        model, opt, params, opt_state, key = initial_state(config, steps_per_epoch)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, history)

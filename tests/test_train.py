@@ -59,7 +59,8 @@ def test_lenet_is_the_tutorials_nd_network():
 
 def test_one_epoch_is_the_tutorials_sgd_with_the_last_batch_divided_by_batch_size():
     """Two batches of 4 (the second partial, 2 examples) by hand, against the compiled epoch."""
-    config = train.Config(batch_size=4, lr=0.1, momentum=0.0, init="uniform")
+    config = train.Config(batch_size=4, lr=0.1, momentum=0.0, weight_decay=0.0,
+                          schedule="constant", init="uniform")
     model, opt, params, opt_state, _ = train.initial_state(config)
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
@@ -111,12 +112,25 @@ def test_training_learns_and_is_deterministic(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(epoch):
+    def log(line):
+        if line.startswith(f"epoch {epoch} "):
+            raise _Interrupt  # after the epoch ran, before its checkpoint was written
+    return log
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path, schedule):
     dataset = small_dataset()
-    config = train.Config(epochs=3, batch_size=64, lr=0.05, momentum=0.9)
+    config = train.Config(epochs=3, batch_size=64, lr=0.05, momentum=0.9, schedule=schedule)
     whole, _ = train.fit(config, dataset, out_dir=tmp_path / "whole", log=lambda _: None)
-    train.fit(dataclasses.replace(config, epochs=1), dataset, out_dir=tmp_path / "cut",
-              log=lambda _: None)
+    with pytest.raises(_Interrupt):
+        train.fit(config, dataset, out_dir=tmp_path / "cut", log=_interrupt_at(2))
+    assert [m["epoch"] for m in train.read_metrics(tmp_path / "cut")] == [1]
     resumed, history = train.fit(config, dataset, out_dir=tmp_path / "cut", resume=True,
                                  log=lambda _: None)
     assert [m["epoch"] for m in history] == [1, 2, 3]
@@ -126,6 +140,16 @@ def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
     _, _, saved, _, _, epoch = train.load_checkpoint(tmp_path / "cut")
     assert epoch == 3
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(saved)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_may_extend_a_constant_rate_run(tmp_path):
+    dataset = small_dataset(n_train=128, n_test=10)
+    config = train.Config(epochs=2, batch_size=64, schedule="constant")
+    whole, _ = train.fit(config, dataset, log=lambda _: None)
+    train.fit(dataclasses.replace(config, epochs=1), dataset, out_dir=tmp_path, log=lambda _: None)
+    resumed, _ = train.fit(config, dataset, out_dir=tmp_path, resume=True, log=lambda _: None)
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -178,7 +202,7 @@ def test_config_rejects_bad_values():
 
 
 def test_optimizer_matches_mxnet_sgd_with_weight_decay_and_momentum():
-    config = train.Config(lr=0.1, momentum=0.9, weight_decay=0.01)
+    config = train.Config(lr=0.1, momentum=0.9, weight_decay=0.01, schedule="constant")
     opt = train.optimizer(config)
     w = {"w": jnp.array([1.0, -2.0])}
     g = {"w": jnp.array([0.5, 0.25])}
