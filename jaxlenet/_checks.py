@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 
 def as_tuple(name: str, value, ndim: int, *, default: int) -> tuple[int, ...]:
-    """``value`` as a tuple of ``ndim`` non-negative ints; ``None`` or ``()`` gives ``default`` each.
+    """``value`` as a tuple of ``ndim`` non-negative ints; ``None`` or ``()`` gives ``default``
+    in every dimension.
 
     An int is broadcast (the core's convenience); ``jaxlenet.nd`` refuses ints as MXNet does."""
     if value is None or value == ():
@@ -21,7 +22,7 @@ def as_tuple(name: str, value, ndim: int, *, default: int) -> tuple[int, ...]:
     if len(items) != ndim:
         raise ValueError(f"{name} {items} must have {ndim} entries, one per spatial dimension")
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int,)) and not hasattr(item, "__index__"):
+        if isinstance(item, bool) or not hasattr(item, "__index__"):
             raise TypeError(f"{name} must hold ints, got {items!r}")
         if int(item) < 0:
             raise ValueError(f"{name} {items} must not be negative")
@@ -46,7 +47,8 @@ def spatial_layout(layout: str | None, ndim: int) -> tuple[str, bool]:
     first = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
     last = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
     if ndim not in first:
-        raise ValueError(f"data must be 3-D, 4-D or 5-D (batch, channel, spatial...), got rank {ndim}")
+        raise ValueError(f"data must be 3-D, 4-D or 5-D (batch, channel, spatial...), "
+                         f"got rank {ndim}")
     if layout is None or layout == first[ndim]:
         return first[ndim], False
     if layout == last[ndim]:

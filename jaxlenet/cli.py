@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -88,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/lenet", help="run directory (default: runs/lenet)")
     train.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--devices", type=_positive_int,
+                       help="devices sharing each batch (default: all of the platform's)")
+    cluster = train.add_argument_group(
+        "multi-host", "one command per host; each flag also reads $JAXLENET_COORDINATOR, "
+        "$JAXLENET_NUM_PROCESSES, $JAXLENET_PROCESS_ID")
+    cluster.add_argument("--coordinator", default=os.environ.get("JAXLENET_COORDINATOR"),
+                         metavar="HOST:PORT", help="address of process 0")
+    cluster.add_argument("--num-processes", type=_positive_int,
+                         default=os.environ.get("JAXLENET_NUM_PROCESSES"))
+    cluster.add_argument("--process-id", type=_non_negative_int,
+                         default=os.environ.get("JAXLENET_PROCESS_ID"))
     train.add_argument("--limit", type=_positive_int, help="train on the first N examples only")
     train.add_argument("--no-plots", action="store_true", help="skip curves.png/predictions.png")
 
@@ -119,7 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _start_cluster(args) -> None:
+    """Joins a multi-process run (before any other JAX call) when a coordinator is named."""
+    wanted = (args.coordinator, args.num_processes, args.process_id)
+    if all(v is None for v in wanted):
+        return
+    if any(v is None for v in wanted):
+        raise UsageError("--coordinator, --num-processes and --process-id go together")
+    num_processes, process_id = int(args.num_processes), int(args.process_id)
+    if not process_id < num_processes:
+        raise UsageError(f"--process-id {process_id} must be below --num-processes "
+                         f"{num_processes}")
+    import jax
+    jax.distributed.initialize(args.coordinator, num_processes, process_id)
+
+
 def _train(args) -> int:
+    _start_cluster(args)
+    import jax
+
     from jaxlenet import data, models, plots, train
 
     out = pathlib.Path(args.out)
@@ -133,22 +163,27 @@ def _train(args) -> int:
     else:
         config = train.Config(**given)
     dataset = data.load_fashion_mnist(args.data_dir)
-    with train.run_lock(out):
-        device = train.select_device(args.device)
-        print(f"jaxlenet: training {config.model} on {device.platform} "
-              f"({json.dumps(dataclasses.asdict(config))})", file=sys.stderr)
+    writer = jax.process_index() == 0
+    with train.run_lock(out) if writer else contextlib.nullcontext():
+        mesh = train.make_mesh(args.device, args.devices)
+        if writer:
+            print(f"jaxlenet: training {config.model} on {mesh.size} "
+                  f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es) "
+                  f"({json.dumps(dataclasses.asdict(config))})", file=sys.stderr)
         params, history = train.fit(config, dataset, out_dir=out, resume=args.resume,
-                                    device=args.device, limit=args.limit,
-                                    progress=sys.stderr.isatty())
-        if not args.no_plots and history:
+                                    device=args.device, devices=args.devices, limit=args.limit,
+                                    progress=sys.stderr.isatty(),
+                                    log=print if writer else lambda _: None)
+        if writer and not args.no_plots and history:
             plots.plot_curves(history, out / "curves.png")
             (_, _), (test_x, test_y) = dataset
             model = models.build(config.model, init=config.init)
             probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
             plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
                                    out / "predictions.png")
-    print(f"jaxlenet: wrote {out}/checkpoint.npz, metrics.jsonl"
-          + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
+    if writer:
+        print(f"jaxlenet: wrote {out}/checkpoint.npz, metrics.jsonl"
+              + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
     return 0
 
 

@@ -89,7 +89,8 @@ def parse_idx(payload: bytes, name: str = "IDX data") -> np.ndarray:
     if actual != expected:
         raise DataError(f"{name}: IDX header declares shape {shape} ({expected} bytes) but the "
                         f"file holds {actual} bytes of data")
-    return np.frombuffer(payload, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+    values = np.frombuffer(payload, dtype, offset=4 + 4 * ndim).reshape(shape)
+    return values.astype(dtype.newbyteorder("="))
 
 
 def read_idx(path) -> np.ndarray:

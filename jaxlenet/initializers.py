@@ -1,5 +1,5 @@
-"""Initialisers the tutorial uses, each ``init(key, shape, dtype=float32) -> array``, as MXNet defines
-them."""
+"""Initialisers the tutorial uses, each ``init(key, shape, dtype=float32) -> array``, as MXNet
+defines them."""
 
 from __future__ import annotations
 

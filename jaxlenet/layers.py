@@ -1,4 +1,5 @@
-"""The functional core: pure ops over arrays, and layers as ``(init, apply)`` pairs of pure functions.
+"""The functional core: pure ops over arrays, and layers as ``(init, apply)`` pairs of pure
+functions.
 
 Layouts follow MXNet: data (N, C, *spatial) unless ``layout`` says channels-last, convolution
 weights (O, I/groups, *kernel), dense weights (out, in). Every op works under ``jit``, ``grad`` and
@@ -8,7 +9,8 @@ weights (O, I/groups, *kernel), dense weights (out, in). Every op works under ``
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +62,8 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
             raise ValueError(f"kernel {tuple(kernel)} (dilate {dilation}) exceeds the input "
                              f"{tuple(sizes)} padded by {padding} (data {jnp.shape(x)})")
     if bias is not None and jnp.shape(bias) != (out_channels,):
-        raise ValueError(f"bias of shape {jnp.shape(bias)} must be ({out_channels},), one per filter")
+        raise ValueError(f"bias of shape {jnp.shape(bias)} must be ({out_channels},), one per "
+                         "filter")
     if jnp.result_type(x) != jnp.result_type(weight):
         raise TypeError(f"data ({jnp.result_type(x)}) and weight ({jnp.result_type(weight)}) "
                         "must have the same dtype")
@@ -70,8 +73,10 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
     else:
         y = _conv_general(x, weight, stride, padding, dilation, groups, channels_last)
     if bias is not None:
-        shape = (1,) * (nsp + 1) + (out_channels,) if channels_last else (1, out_channels) + (1,) * nsp
-        y = y + bias.reshape(shape)
+        if channels_last:
+            y = y + bias.reshape((1,) * (nsp + 1) + (out_channels,))
+        else:
+            y = y + bias.reshape((1, out_channels) + (1,) * nsp)
     return y
 
 

@@ -12,8 +12,9 @@ def softmax_cross_entropy(pred, label, *, axis: int = -1, sparse_label: bool = T
 
     ``sparse_label=True``: ``label`` holds class indices (pred's shape without ``axis``, or with a
     size-1 ``axis``); like MXNet's ``pick(mode='clip')`` they are truncated toward zero and clipped
-    into [0, C-1], never an error. ``sparse_label=False``: ``label`` has pred's shape and the loss is
-    ``-sum(label * log_softmax(pred))``. ``from_logits=True`` takes ``pred`` as log-probabilities."""
+    into [0, C-1], never an error. ``sparse_label=False``: ``label`` has pred's shape and the loss
+    is ``-sum(label * log_softmax(pred))``. ``from_logits=True`` takes ``pred`` as
+    log-probabilities."""
     pred = jnp.asarray(pred)
     if not jnp.issubdtype(pred.dtype, jnp.floating):
         raise TypeError(f"pred must be a floating-point array, got dtype {pred.dtype}")

@@ -8,7 +8,9 @@ invisible from outside; ``layout='NCHW'`` runs the plain formulation, for compar
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +114,7 @@ def summary(model: Model, batch_size: int = 1) -> list[tuple[str, tuple[int, ...
         shape = x.shape
         if model.layout == "NHWC" and len(shape) == 4:
             shape = (shape[0], shape[3], shape[1], shape[2])
-        count = sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(layer_params))
+        count = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(layer_params))
         rows.append((name, tuple(shape), count))
     return rows
 

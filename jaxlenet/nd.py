@@ -43,7 +43,8 @@ def _float_data(name: str, x):
 
 def _spatial(data, kernel_ndim: int, what: str):
     if kernel_ndim not in (1, 2, 3):
-        raise ValueError(f"{kernel_ndim}D {what} is not supported: kernel must have 1, 2 or 3 entries")
+        raise ValueError(f"{kernel_ndim}D {what} is not supported: kernel must have 1, 2 or 3 "
+                         "entries")
     if data.ndim != kernel_ndim + 2:
         raise ValueError(f"data of shape {data.shape} should be {kernel_ndim + 2}-D for a "
                          f"{kernel_ndim}-D kernel (an int kernel means 1-D)")
@@ -109,6 +110,9 @@ def Pooling(data=None, kernel=(), pool_type="max", global_pool=False, cudnn_off=
     _spatial(data, nsp, "pooling")
     stride = _shape_arg("stride", stride, nsp) or (1,) * nsp
     pad = _shape_arg("pad", pad, nsp) or (0,) * nsp
+    if any(k < 1 for k in kernel) or any(s < 1 for s in stride) or any(p < 0 for p in pad):
+        raise ValueError(f"kernel {kernel} and stride {stride} must be positive and pad {pad} "
+                         "non-negative")
     if pool_type == "lp" and p_value is None:
         raise ValueError("p_value is required for pool_type='lp' (1, 2 or 3)")
     channels_last = layout in ("NWC", "NHWC", "NDHWC")
@@ -143,7 +147,8 @@ def FullyConnected(data=None, weight=None, bias=None, num_hidden=None, no_bias=F
         raise ValueError("num_hidden is required")
     data, weight = _float_data("data", data), _float_data("weight", weight)
     if weight.ndim != 2 or weight.shape[0] != num_hidden:
-        raise ValueError(f"weight of shape {weight.shape} must be (num_hidden={num_hidden}, in_units)")
+        raise ValueError(f"weight of shape {weight.shape} must be (num_hidden={num_hidden}, "
+                         "in_units)")
     if no_bias and bias is not None:
         raise ValueError("bias was given with no_bias=True")
     if not no_bias and bias is None:

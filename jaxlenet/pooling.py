@@ -7,8 +7,6 @@ including windows that start in the right padding or past the input (no ``ceil_m
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -16,13 +16,14 @@ import math
 import pathlib
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlenet import checkpoint, data, models
 from jaxlenet.losses import softmax_cross_entropy
@@ -33,7 +34,7 @@ class Config:
     """One training run; the command line is built from it and every checkpoint records it."""
     model: str = "lenet"
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -103,11 +104,16 @@ def _to_images(batch):
 
 
 def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, batch_size: int,
-                     *, progress: Callable[[int, int], None] | None = None):
+                     *, progress: Callable[[int, int], None] | None = None,
+                     mesh: Mesh | None = None):
     """A jitted ``epoch(params, opt_state, images, labels, key) -> (params, opt_state, mean loss,
-    train accuracy)`` (both accumulated during the epoch, as the tutorial does) over uint8 images (N, 28, 28) and int labels (N,) already on the device, shuffled
-    by ``key``; one compiled call (a ``lax.scan`` over batches), one host sync. ``progress(done,
-    total)`` is called from inside the scan every few batches, if given."""
+    train accuracy)`` (both accumulated during the epoch, as the tutorial does) over uint8 images
+    (N, 28, 28) and int labels (N,) already on the device(s), shuffled by ``key``: one compiled
+    call (a ``lax.scan`` over batches), one host sync. With a ``mesh`` (see ``make_mesh``), each
+    batch is split over its 'data' axis and the parameters are replicated; XLA sums the
+    gradients across devices. ``progress(done, total)`` is called from inside the scan every few
+    batches, if given."""
+    shard = _batch_sharder(mesh)
 
     def loss_fn(params, x, y, mask):
         logits = model.apply(params, x)
@@ -123,8 +129,9 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
         def step(carry, batch):
             params, opt_state = carry
             index, valid, i = batch
-            x, y = _to_images(images[index]), labels[index]
-            (_, (losses, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, valid)
+            x, y, valid = shard(_to_images(images[index]), labels[index], valid)
+            (_, (losses, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, x, y, valid)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if progress is not None:
@@ -136,22 +143,25 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
 
         (params, opt_state), (loss_sums, corrects) = lax.scan(
             step, (params, opt_state), (order, mask, jnp.arange(num_batches)))
-        return params, opt_state, jnp.sum(loss_sums) / num_examples, jnp.sum(corrects) / num_examples
+        return (params, opt_state, jnp.sum(loss_sums) / num_examples,
+                jnp.sum(corrects) / num_examples)
 
     return jax.jit(epoch, donate_argnums=(0, 1))
 
 
-def make_evaluate(model: models.Model, batch_size: int = 1000):
+def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | None = None):
     """A jitted ``evaluate(params, images, labels) -> (mean loss, accuracy)`` in which every
-    example counts exactly once (a partial last batch is masked, not dropped)."""
+    example counts exactly once (a partial last batch is masked, not dropped); batches split over
+    ``mesh`` like ``make_train_epoch``'s."""
+    shard = _batch_sharder(mesh, batch_size)
 
     def evaluate(params, images, labels):
         order, mask = data.batch_indices(None, images.shape[0], batch_size, shuffle=False)
 
         def body(totals, batch):
             index, valid = batch
-            logits = model.apply(params, _to_images(images[index]))
-            y = labels[index]
+            x, y, valid = shard(_to_images(images[index]), labels[index], valid)
+            logits = model.apply(params, x)
             losses = softmax_cross_entropy(logits, y)
             correct = jnp.argmax(logits, axis=-1) == y
             return (totals[0] + jnp.sum(jnp.where(valid, losses, 0.0)),
@@ -162,6 +172,40 @@ def make_evaluate(model: models.Model, batch_size: int = 1000):
         return loss_sum / images.shape[0], correct / images.shape[0]
 
     return jax.jit(evaluate)
+
+
+def _batch_sharder(mesh: Mesh | None, batch_size: int | None = None):
+    """Constrains batch arrays to be split along the mesh's 'data' axis (identity without one)."""
+    if mesh is None or mesh.size == 1 or (batch_size is not None and batch_size % mesh.size):
+        return lambda *arrays: arrays
+    split = NamedSharding(mesh, PartitionSpec("data"))
+    return lambda *arrays: tuple(lax.with_sharding_constraint(a, split) for a in arrays)
+
+
+def make_mesh(device: str = "auto", num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh, axis 'data', over the first ``num_devices`` devices of the platform
+    ``select_device(device)`` picks (all of them by default, across every process after
+    ``jax.distributed.initialize``)."""
+    platform = select_device(device).platform
+    devices = jax.devices(platform)
+    if num_devices is None:
+        num_devices = len(devices)
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
+            1 <= num_devices <= len(devices)):
+        raise ValueError(f"devices {num_devices!r} must be between 1 and the {len(devices)} "
+                         f"{platform} device(s) JAX sees")
+    return Mesh(np.array(devices[:num_devices]), ("data",))
+
+
+def replicate(tree, mesh: Mesh):
+    """Places every leaf of ``tree`` whole on every device of ``mesh``; works across processes
+    (each supplies its own devices' copies)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree_util.tree_map(put, tree)
 
 
 def select_device(name: str = "auto") -> jax.Device:
@@ -195,7 +239,8 @@ def run_lock(out_dir):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"another run is training into {out} (it holds {out / '.lock'})") from None
+            raise RunLocked(f"another run is training into {out} (it holds "
+                            f"{out / '.lock'})") from None
         try:
             yield out
         finally:
@@ -224,7 +269,8 @@ def load_checkpoint(path):
     try:
         config = Config.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise checkpoint.CheckpointError(f"{path}: bad configuration in checkpoint ({exc})") from None
+        raise checkpoint.CheckpointError(
+            f"{path}: bad configuration in checkpoint ({exc})") from None
     model, opt, params, opt_state, key = initial_state(config)
     params = checkpoint.restore(arrays, "params", params)
     opt_state = checkpoint.restore(arrays, "opt_state", opt_state)
@@ -233,24 +279,30 @@ def load_checkpoint(path):
 
 
 def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: str = "auto",
-        log: Callable[[str], None] = print, progress: bool = False, limit: int | None = None):
+        devices: int | None = None, log: Callable[[str], None] = print, progress: bool = False,
+        limit: int | None = None):
     """Trains ``config`` on ``dataset`` = ((train_images, train_labels), (test_images,
     test_labels)) (uint8 (N, 28, 28), int labels). Per epoch: logs one line, appends to
     ``out_dir/metrics.jsonl`` and writes ``out_dir/checkpoint.npz`` atomically. ``resume``
     continues from that checkpoint and ends with exactly the parameters of an uninterrupted run.
+    ``devices`` is how many devices of the chosen platform share each batch (default: all; the
+    batch size must divide evenly); only process 0 of a multi-process run writes files.
     ``limit`` keeps the first ``limit`` training examples (for smoke runs).
     Returns (params, history: list of per-epoch dicts)."""
     (train_x, train_y), (test_x, test_y) = dataset
     if limit is not None:
         train_x, train_y = train_x[:limit], train_y[:limit]
-    target = select_device(device)
+    mesh = make_mesh(device, devices)
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch size {config.batch_size} does not divide evenly over "
+                         f"{mesh.size} devices; choose a multiple of {mesh.size} or --devices")
     steps_per_epoch = -(-len(train_x) // config.batch_size)
-    out = pathlib.Path(out_dir) if out_dir else None
+    out = pathlib.Path(out_dir) if out_dir and jax.process_index() == 0 else None
     start, history = 0, []
     if resume:
-        if out is None or not (out / CHECKPOINT).exists():
-            raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out}")
-        saved, model, params, opt_state, key, start = load_checkpoint(out)
+        if not out_dir or not (pathlib.Path(out_dir) / CHECKPOINT).exists():
+            raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out_dir}")
+        saved, model, params, opt_state, key, start = load_checkpoint(out_dir)
         if dataclasses.replace(saved, epochs=config.epochs) != config:
             raise ValueError(f"--resume: the checkpoint in {out} was written with {saved}, which "
                              f"differs from {config} in more than epochs")
@@ -258,7 +310,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
             raise ValueError(f"--resume: the run in {out} decays its learning rate over "
                              f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
                              f"to {config.epochs}; start a new run instead")
-        history = [m for m in read_metrics(out) if m["epoch"] <= start]
+        history = [m for m in read_metrics(out_dir) if m["epoch"] <= start]
         opt = optimizer(config, steps_per_epoch)
     else:
         model, opt, params, opt_state, key = initial_state(config, steps_per_epoch)
@@ -266,18 +318,17 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, history)
 
-    put = lambda a: jax.device_put(a, target)
-    train_x, train_y, test_x, test_y = map(put, (train_x, train_y, test_x, test_y))
-    params, opt_state = put(params), put(opt_state)
-    show = _progress_bar if progress else None
-    train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show)
-    evaluate = make_evaluate(model)
+    train_x, train_y, test_x, test_y, params, opt_state = replicate(
+        (train_x, train_y, test_x, test_y, params, opt_state), mesh)
+    show = _progress_bar if progress and jax.process_index() == 0 else None
+    train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show, mesh=mesh)
+    evaluate = make_evaluate(model, mesh=mesh)
 
     for epoch in range(start + 1, config.epochs + 1):
         began = time.perf_counter()
         params, opt_state, loss, train_acc = train_epoch(params, opt_state, train_x, train_y,
                                               jax.random.fold_in(key, epoch))
-        loss = float(loss)
+        loss = float(to_host(loss))
         seconds = time.perf_counter() - began
         if progress:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
@@ -286,18 +337,29 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
                     if out is not None and epoch > 1 else "no checkpoint was written")
             raise TrainingDiverged(f"epoch {epoch}: the training loss is {loss}; stopped ({kept}). "
                                    f"Try a smaller learning rate than {config.lr}")
-        test_loss, test_acc = evaluate(params, test_x, test_y)
-        record = {"epoch": epoch, "loss": round(loss, 6), "train_acc": round(float(train_acc), 6),
+        test_loss, test_acc = to_host(evaluate(params, test_x, test_y))
+        record = {"epoch": epoch, "loss": round(loss, 6),
+                  "train_acc": round(float(to_host(train_acc)), 6),
                   "test_acc": round(float(test_acc), 6), "test_loss": round(float(test_loss), 6),
                   "seconds": round(seconds, 3)}
         history.append(record)
         log(f"epoch {epoch}  loss {loss:.4f}  train acc {record['train_acc']:.3f}  "
             f"test acc {record['test_acc']:.3f}  time {seconds:.1f} s")
         if out is not None:
-            checkpoint.save(out / CHECKPOINT, {"params": params, "opt_state": opt_state, "key": key},
+            checkpoint.save(out / CHECKPOINT,
+                            to_host({"params": params, "opt_state": opt_state, "key": key}),
                             {"epoch": epoch, "config": config.to_dict(), "metrics": record})
             _write_metrics(out, history)
-    return params, history
+    return to_host(params), history
+
+
+def to_host(tree):
+    """NumPy copies of (replicated) arrays, also where other processes hold some devices."""
+    def get(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.asarray(leaf)
+    return jax.tree_util.tree_map(get, tree)
 
 
 def _progress_bar(done, total):

@@ -101,8 +101,8 @@ def main():
             train_loss += float(loss)
             train_acc += float(acc)
         test_acc = evaluate_accuracy(params)
-        print("Epoch %d. Loss: %f, Train acc %f, Test acc %f" % (
-            epoch, train_loss / len(batches), train_acc / len(batches), test_acc))
+        print(f"Epoch {epoch}. Loss: {train_loss / len(batches):f}, "
+              f"Train acc {train_acc / len(batches):f}, Test acc {test_acc:f}")
 
 
 if __name__ == "__main__":

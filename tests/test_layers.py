@@ -64,7 +64,8 @@ def pool_reference(x, kind, k, s, p, convention, count_include_pad=True, p_value
             y[:, :, i, j] = window.sum(axis=(2, 3)) / d if d > 0 and not empty else 0
         else:
             total = (window ** p_value).sum(axis=(2, 3))
-            y[:, :, i, j] = total if p_value == 1 else np.sqrt(total) if p_value == 2 else np.cbrt(total)
+            root = {1: lambda t: t, 2: np.sqrt, 3: np.cbrt}[p_value]
+            y[:, :, i, j] = root(total)
     return y
 
 

@@ -76,7 +76,7 @@ def test_one_epoch_is_the_tutorials_sgd_with_the_last_batch_divided_by_batch_siz
         x = jnp.asarray(images[batch], jnp.float32)[:, None] / 255.0
         y = jnp.asarray(labels[batch])
 
-        def batch_loss(p):
+        def batch_loss(p, x=x, y=y):
             return jnp.sum(softmax_cross_entropy(model.apply(p, x), y)) / 4  # trainer.step(4)
 
         logits = model.apply(expected, x)
