@@ -83,17 +83,26 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
 def _conv_general(x, weight, stride, padding, dilation, groups, channels_last):
     nsp = jnp.ndim(x) - 2
     spatial = "DHW"[-nsp:]
+    out_channels = weight.shape[0]
     if channels_last:
         # An explicit (*kernel, I, O) copy: XLA:CPU's fast convolution wants that physical
         # layout, and inside a loop it would otherwise run on the (I, O)-major parameter as is,
         # through a generic emitter several times slower.
         weight = jnp.transpose(weight, tuple(range(2, nsp + 2)) + (1, 0))
         specs = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+        if groups == 1 and out_channels < _MIN_FAST_FILTERS:
+            # XLA:CPU runs convolutions with 16 filters or fewer through a slower emitter;
+            # zero filters up to 17 and dropping their outputs is faster (LeNet-5's 6 filters).
+            weight = jnp.pad(weight, [(0, 0)] * (nsp + 1) + [(0, _MIN_FAST_FILTERS - out_channels)])
     else:
         specs = ("NC" + spatial, "OI" + spatial, "NC" + spatial)
-    return lax.conv_general_dilated(
+    y = lax.conv_general_dilated(
         x, weight, window_strides=stride, padding=[(p, p) for p in padding],
         rhs_dilation=dilation, dimension_numbers=specs, feature_group_count=groups)
+    return y[..., :out_channels] if channels_last else y
+
+
+_MIN_FAST_FILTERS = 17
 
 
 # XLA:CPU differentiates a convolution into convolutions with swapped batch/feature dimensions
@@ -115,17 +124,32 @@ def _conv2d_nhwc_fwd(x, weight, padding):
 def _conv2d_nhwc_bwd(padding, residuals, dy):
     x, weight = residuals
     _, _, kh, kw = weight.shape
-    flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (2, 3, 0, 1))  # (kh, kw, O, I)
-    dx = lax.conv_general_dilated(
-        dy, flipped, (1, 1), [(kh - 1 - padding[0],) * 2, (kw - 1 - padding[1],) * 2],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # The input gradient: a forward convolution of dy with the flipped kernel, its filters being
+    # the input channels (so (I, O, kh, kw) is the weight to pass).
+    flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (1, 0, 2, 3))
+    dx = _conv_general(dy, flipped, (1, 1), (kh - 1 - padding[0], kw - 1 - padding[1]), (1, 1),
+                       1, True)
     n, ho, wo, out_channels = dy.shape
+    channels = x.shape[-1]
     xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
-    patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
-                        axis=3)  # (N, Ho, Wo, kh*kw, C)
-    dw = jnp.matmul(patches.reshape(n * ho * wo, -1).T, dy.reshape(n * ho * wo, out_channels))
-    dw = jnp.transpose(dw.reshape(kh, kw, x.shape[-1], out_channels), (3, 2, 0, 1))
+    rows = n * ho * wo
+    if channels <= _FEW_CHANNELS:
+        # Few channels (a network's first layer): shifted copies of whole (C, N, H, W) planes
+        # stacked on a leading axis copy far faster than C-wide rows interleaved.
+        planes = jnp.moveaxis(xp, -1, 0)
+        patches = jnp.stack([planes[:, :, i:i + ho, j:j + wo] for i in range(kh)
+                             for j in range(kw)])  # (kh*kw, C, N, Ho, Wo)
+        dw = jnp.matmul(patches.reshape(kh * kw * channels, rows), dy.reshape(rows, out_channels))
+        dw = jnp.transpose(dw.reshape(kh, kw, channels, out_channels), (3, 2, 0, 1))
+    else:
+        patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
+                            axis=3)  # (N, Ho, Wo, kh*kw, C)
+        dw = jnp.matmul(patches.reshape(rows, -1).T, dy.reshape(rows, out_channels))
+        dw = jnp.transpose(dw.reshape(kh, kw, channels, out_channels), (3, 2, 0, 1))
     return dx.astype(x.dtype), dw.astype(weight.dtype)
+
+
+_FEW_CHANNELS = 8
 
 
 _conv2d_nhwc.defvjp(_conv2d_nhwc_fwd, _conv2d_nhwc_bwd)

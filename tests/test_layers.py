@@ -123,10 +123,13 @@ def test_global_pool_ignores_geometry():
 
 @pytest.mark.parametrize("kernel,pad", [((5, 5), (0, 0)), ((3, 3), (0, 0)), ((3, 2), (1, 2)),
                                         ((1, 1), (0, 0)), ((2, 3), (3, 1))])
-def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad):
+@pytest.mark.parametrize("channels,filters", [(1, 5), (4, 20), (12, 3)])
+def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad, channels, filters):
+    """Both weight-gradient formulations (few and many input channels), and filter counts on
+    both sides of the zero-filter padding threshold."""
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((3, 9, 8, 4)))
-    w = jnp.asarray(rng.standard_normal((5, 4) + kernel))
+    x = jnp.asarray(rng.standard_normal((3, 9, 8, channels)))
+    w = jnp.asarray(rng.standard_normal((filters, channels) + kernel))
     ct = jnp.asarray(rng.standard_normal(layers.conv(x, w, padding=pad, layout="NHWC").shape))
 
     def plain(x, w):
