@@ -143,6 +143,8 @@ def _start_cluster(args) -> None:
         raise UsageError(f"--process-id {process_id} must be below --num-processes "
                          f"{num_processes}")
     import jax
+    # CPU processes need a collectives implementation to sum gradients across hosts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, num_processes, process_id)
 
 

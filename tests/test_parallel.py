@@ -1,12 +1,17 @@
 """Data-parallel training over a 'data' mesh axis: the same parameters as one device with the same
 global batch, within float32 rounding. conftest.py gives this process 4 simulated CPU devices."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 from test_train import small_dataset
 
-from jaxlenet import train
+from jaxlenet import data, train
 
 
 @pytest.mark.skipif(len(jax.devices("cpu")) < 4, reason="needs 4 (simulated) CPU devices")
@@ -31,3 +36,36 @@ def test_the_batch_must_divide_over_the_devices():
         train.fit(train.Config(batch_size=64), small_dataset(64, 10), device="cpu", devices=3)
     with pytest.raises(ValueError, match="devices 99"):
         train.make_mesh("cpu", 99)
+
+
+@pytest.mark.skipif(data.locate() is None, reason="needs the real Fashion-MNIST (the processes "
+                    "load it themselves)")
+def test_two_processes_on_localhost_train_like_one(tmp_path):
+    """`jaxlenet train` as two processes (CPU collectives over gloo, coordinator on 127.0.0.1),
+    each with one device: the checkpoint process 0 writes equals a one-device run."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = ["--limit", "1024", "--epochs", "2", "--batch-size", "64", "--schedule", "constant",
+             "--no-plots", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "XLA_FLAGS": "", "JAXLENET_COORDINATOR": f"127.0.0.1:{port}",
+           "JAXLENET_NUM_PROCESSES": "2"}
+    workers = [subprocess.Popen([sys.executable, "-m", "jaxlenet", "train", *flags],
+                                env={**env, "JAXLENET_PROCESS_ID": str(i)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    try:
+        outputs = [w.communicate(timeout=240) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert "2 cpu device(s), 2 process(es)" in outputs[0][1]
+    assert outputs[0][0].count("epoch ") == 2 and "epoch " not in outputs[1][0]  # process 0 reports
+    config = train.Config(epochs=2, batch_size=64, schedule="constant")
+    one, _ = train.fit(config, data.load_fashion_mnist(), device="cpu", devices=1, limit=1024,
+                       log=lambda _: None)
+    _, _, saved, _, _, epoch = train.load_checkpoint(tmp_path / "run")
+    assert epoch == 2
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(saved)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
