@@ -1,5 +1,5 @@
 """Checkpoints: one ``.npz`` holding every array of a pytree by its path, plus JSON metadata with a
-SHA-256 over the arrays, written atomically (temporary file, fsync, rename).
+SHA-256 over the metadata and the arrays, written atomically (temporary file, fsync, rename).
 
 A truncated or tampered file raises ``CheckpointError``; it is never loaded silently."""
 
@@ -28,8 +28,10 @@ def _flatten(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _digest(arrays: dict[str, np.ndarray], header: dict) -> str:
+    """SHA-256 over the metadata (but this digest) and each array's name, dtype, shape and data."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"},
+                                  sort_keys=True).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         h.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
@@ -43,7 +45,8 @@ def save(path, state: dict, meta: dict) -> None:
     path = pathlib.Path(path)
     arrays = {f"{part}{key}": value for part, tree in state.items()
               for key, value in _flatten(tree).items()}
-    header = {"format": FORMAT, "parts": sorted(state), "sha256": _digest(arrays), **meta}
+    header = {"format": FORMAT, "parts": sorted(state), **meta}
+    header["sha256"] = _digest(arrays, header)
     buffer = io.BytesIO()
     np.savez(buffer, __meta__=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
@@ -71,7 +74,7 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
-    if _digest(arrays) != meta.get("sha256"):
+    if _digest(arrays, meta) != meta.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint was modified or damaged")
     return meta, arrays
 

@@ -310,7 +310,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
             raise ValueError(f"--resume: the run in {out} decays its learning rate over "
                              f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
                              f"to {config.epochs}; start a new run instead")
-        history = [m for m in read_metrics(out_dir) if m["epoch"] <= start]
+        history = load_history(out_dir)
         opt = optimizer(config, steps_per_epoch)
     else:
         model, opt, params, opt_state, key = initial_state(config, steps_per_epoch)
@@ -348,7 +348,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         if out is not None:
             checkpoint.save(out / CHECKPOINT,
                             to_host({"params": params, "opt_state": opt_state, "key": key}),
-                            {"epoch": epoch, "config": config.to_dict(), "metrics": record})
+                            {"epoch": epoch, "config": config.to_dict(), "history": history})
             _write_metrics(out, history)
     return to_host(params), history
 
@@ -368,6 +368,27 @@ def _progress_bar(done, total):
     filled = width * done // total
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches", end="",
           file=sys.stderr, flush=True)
+
+
+def load_history(out_dir, *, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The per-epoch records of the run in ``out_dir``, from its checksummed checkpoint. A
+    ``metrics.jsonl`` that disagrees with them (edited, truncated, or from later epochs that never
+    reached a checkpoint) is reported through ``warn`` and rewritten from the checkpoint."""
+    meta, _ = checkpoint.read(pathlib.Path(out_dir) / CHECKPOINT)
+    history = meta.get("history", [])
+    try:
+        on_disk = read_metrics(out_dir)
+    except ValueError:
+        on_disk = None
+    if on_disk != history:
+        (warn or _stderr)(f"jaxlenet: {pathlib.Path(out_dir) / METRICS} does not match the "
+                          f"checkpoint's record of {len(history)} epoch(s); rewriting it from "
+                          "the checkpoint")
+    return history
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def read_metrics(out_dir) -> list[dict]:

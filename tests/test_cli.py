@@ -111,7 +111,9 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
 
 
 @REAL_DATA
-def test_a_second_run_into_the_same_out_is_refused_and_sigint_keeps_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_run_into_the_same_out_is_refused_and_a_signal_keeps_the_checkpoint(tmp_path,
+                                                                                   signum):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "jaxlenet", "train", "--epochs", "50", "--limit", "4096",
@@ -127,7 +129,7 @@ def test_a_second_run_into_the_same_out_is_refused_and_sigint_keeps_the_checkpoi
                                 timeout=120)
         assert second.returncode == 2
         assert "another run is training into" in second.stderr
-        first.send_signal(signal.SIGINT)
+        first.send_signal(signum)
         _, err = first.communicate(timeout=60)
     finally:
         first.kill()

@@ -181,15 +181,10 @@ def test_tampered_and_truncated_checkpoints_are_refused(tmp_path):
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
         train.load_checkpoint(tmp_path)
-    meta, arrays = None, None
     path.write_bytes(raw)
     meta, arrays = checkpoint.read(path)
     arrays["params['dense1']['bias']"] = arrays["params['dense1']['bias']"] + 1
-    import io
-    import json
-    buffer = io.BytesIO()
-    np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    path.write_bytes(buffer.getvalue())
+    _rewrite_checkpoint(path, meta, arrays)
     with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
         train.load_checkpoint(tmp_path)
 
@@ -223,3 +218,37 @@ def test_select_device():
         assert train.select_device("auto").platform == "cpu"
         with pytest.raises(ValueError, match="no GPU"):
             train.select_device("gpu")
+
+
+def _rewrite_checkpoint(path, meta, arrays):
+    import io
+    import json
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_tampered_checkpoint_metadata_is_refused(tmp_path):
+    dataset = small_dataset(n_train=64, n_test=10)
+    train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
+    path = tmp_path / train.CHECKPOINT
+    meta, arrays = checkpoint.read(path)
+    _rewrite_checkpoint(path, {**meta, "epoch": 5}, arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
+        train.load_checkpoint(tmp_path)
+
+
+def test_a_tampered_metrics_file_is_reported_and_rewritten_on_resume(tmp_path):
+    dataset = small_dataset(n_train=64, n_test=10)
+    config = train.Config(epochs=2, batch_size=32, schedule="constant")
+    train.fit(dataclasses.replace(config, epochs=1), dataset, out_dir=tmp_path, log=lambda _: None)
+    genuine = train.read_metrics(tmp_path)
+    (tmp_path / train.METRICS).write_text('{"epoch": 1, "loss": 0.01, "test_acc": 0.99}\n'
+                                          '{"epoch": 7}\n')
+    warnings = []
+    assert train.load_history(tmp_path, warn=warnings.append) == genuine
+    assert len(warnings) == 1 and "does not match the checkpoint" in warnings[0]
+    (tmp_path / train.METRICS).write_text("not json\n")
+    _, history = train.fit(config, dataset, out_dir=tmp_path, resume=True, log=lambda _: None)
+    assert history[0] == genuine[0] and [m["epoch"] for m in history] == [1, 2]
+    assert train.read_metrics(tmp_path) == history
