@@ -13,8 +13,8 @@ def as_tuple(name: str, value, ndim: int, *, default: int) -> tuple[int, ...]:
     An int is broadcast (the core's convenience); ``jaxlenet.nd`` refuses ints as MXNet does."""
     if value is None or value == ():
         return (default,) * ndim
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        value = (value,) * ndim
+    if hasattr(value, "__index__") and not isinstance(value, bool):  # int, NumPy integer
+        value = (int(value),) * ndim
     try:
         items = tuple(value)
     except TypeError:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
 
 import jax
 import numpy as np
+
+from jaxlenet._files import atomic_write
 
 FORMAT = "jaxlenet-checkpoint-1"
 
@@ -49,16 +49,7 @@ def save(path, state: dict, meta: dict) -> None:
     header["sha256"] = _digest(arrays, header)
     buffer = io.BytesIO()
     np.savez(buffer, __meta__=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buffer.getvalue())
 
 
 def read(path) -> tuple[dict, dict[str, np.ndarray]]:

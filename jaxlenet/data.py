@@ -14,7 +14,6 @@ import hashlib
 import os
 import pathlib
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,8 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxlenet._files import atomic_write
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -159,7 +160,7 @@ def download(directory=None, *, mirrors=None, timeout: float = 30.0, retries: in
                     if sha256(payload) != digest:
                         raise DataError(f"checksum mismatch (SHA-256 {sha256(payload)[:12]}..., "
                                         f"expected {digest[:12]}...)")
-                    _atomic_write(target, raw)
+                    atomic_write(target, raw)
                     break
                 except (OSError, EOFError, zlib.error, DataError) as exc:
                     errors.append(f"{mirror + filename}: {getattr(exc, 'reason', None) or exc}")
@@ -190,20 +191,6 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
     if total and done != total:
         raise DataError(f"download ended after {done} of {total} bytes")
     return b"".join(chunks)
-
-
-def _atomic_write(target: pathlib.Path, data: bytes) -> None:
-    """Writes to a temporary file beside ``target``, fsyncs, then renames: never a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------- load

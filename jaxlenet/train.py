@@ -26,6 +26,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlenet import checkpoint, data, models
+from jaxlenet._files import atomic_write
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -399,9 +400,7 @@ def read_metrics(out_dir) -> list[dict]:
 
 
 def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
-    tmp = out / (METRICS + ".part")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
-    tmp.replace(out / METRICS)
+    atomic_write(out / METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def predict(model: models.Model, params, images) -> np.ndarray:

@@ -71,7 +71,7 @@ def test_gluon_lenet_and_lenet5():
     assert "pool1 output shape:\t (256, 50, 5, 5)" in out
     accs = [float(v) for v in re.findall(r"test acc ([\d.]+)", out)]
     losses = [float(v) for v in re.findall(r"  loss ([\d.]+)", out)]
-    assert len(accs) == 2 and accs[1] > 0.7 and losses[1] < losses[0]
+    assert len(accs) == 2 and accs[1] > 0.6 and losses[1] < losses[0]
     out = run("tutorial_lenet5.py", "--epochs", "1", "--limit", "512")
     for line in ("conv0 output shape:\t (1, 6, 24, 24)", "pool0 output shape:\t (1, 6, 12, 12)",
                  "conv1 output shape:\t (1, 16, 8, 8)", "pool1 output shape:\t (1, 16, 4, 4)",

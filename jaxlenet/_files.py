@@ -1,0 +1,23 @@
+"""Writing files so that a crash never leaves a partial one."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+
+def atomic_write(target, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``target``, fsyncs it, then renames it over
+    ``target``: readers see the old file or the new one, never a half-written one."""
+    target = pathlib.Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
