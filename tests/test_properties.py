@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_layers import conv_reference, pool_reference
 
-from jaxlenet import cli, data, nd
+from jaxlenet import cli, data, layers, nd
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -101,3 +101,29 @@ def test_help_exits_cleanly(argv, capsys):
         cli.main(argv)
     assert info.value.code == 0
     assert "usage: jaxlenet" in capsys.readouterr().out
+
+
+@SETTINGS
+@given(h=st.integers(1, 7), window=st.integers(-1, 4), stride=st.one_of(st.none(),
+       st.integers(-1, 3)), padding=st.integers(-1, 3),
+       kind=st.sampled_from(["max", "avg", "sum", "lp", "mean"]),
+       convention=st.sampled_from(["valid", "full", "floor"]),
+       layout=st.sampled_from([None, "NCHW", "NHWC", "NCW"]))
+def test_core_pool_matches_reference_or_refuses(h, window, stride, padding, kind, convention,
+                                                layout):
+    x = np.random.default_rng(h).integers(-2, 3, (1, 2, h, h + 2)).astype(np.float64)
+    data = np.moveaxis(x, 1, -1) if layout == "NHWC" else x
+    try:
+        got = layers.pool(jnp.asarray(data), window, kind=kind, stride=stride, padding=padding,
+                          convention=convention, p_value=2 if kind == "lp" else None,
+                          layout=layout)
+    except (ValueError, TypeError) as exc:
+        assert any(word in str(exc) for word in ("kernel", "stride", "pad", "kind",
+                                                 "convention", "layout"))
+        return
+    if layout == "NHWC":
+        got = jnp.moveaxis(got, -1, 1)
+    s = window if stride is None else stride
+    expected = pool_reference(x, kind, (window,) * 2, (s,) * 2, (padding,) * 2, convention,
+                              True, 2 if kind == "lp" else None)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
