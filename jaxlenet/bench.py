@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from jaxlenet import data, models, train
+from jaxlenet import data, devices, models, train
 
 RECIPES = {"lenet": dict(lr=0.1, init="uniform"), "lenet5": dict(lr=0.9, init="xavier")}
 
@@ -153,7 +153,7 @@ def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch
     interleaved (JAX, PyTorch, JAX, ...), and inference over the 10,000 test images. Returns a
     JSON-able report; ``log`` (if given) gets human-readable lines as results arrive."""
     say = log or (lambda _: None)
-    target = train.select_device(device)
+    target = devices.select_device(device)
     train_set, test_set, source = _load_dataset(limit)
     report = {"device": f"{target.platform} ({target.device_kind})", "jax": jax.__version__,
               "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),

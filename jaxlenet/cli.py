@@ -152,7 +152,7 @@ def _train(args) -> int:
     _start_cluster(args)
     import jax
 
-    from jaxlenet import data, models, plots, train
+    from jaxlenet import data, devices, models, plots, train
 
     out = pathlib.Path(args.out)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(train.Config)
@@ -167,7 +167,7 @@ def _train(args) -> int:
     dataset = data.load_fashion_mnist(args.data_dir)
     writer = jax.process_index() == 0
     with train.run_lock(out) if writer else contextlib.nullcontext():
-        mesh = train.make_mesh(args.device, args.devices)
+        mesh = devices.make_mesh(args.device, args.devices)
         if writer:
             print(f"jaxlenet: training {config.model} on {mesh.size} "
                   f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es) "
@@ -192,11 +192,11 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import jax
 
-    from jaxlenet import data, train
+    from jaxlenet import data, devices, train
 
     config, model, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
     _, (test_x, test_y) = data.load_fashion_mnist(args.data_dir)
-    device = train.select_device(args.device)
+    device = devices.select_device(args.device)
     loss, acc = train.make_evaluate(model)(jax.device_put(params, device),
                                            jax.device_put(test_x, device),
                                            jax.device_put(test_y, device))

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxlenet import checkpoint, data, models
 from jaxlenet._files import atomic_write
+from jaxlenet.devices import batch_sharder, make_mesh, replicate, to_host
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -110,11 +111,11 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
     """A jitted ``epoch(params, opt_state, images, labels, key) -> (params, opt_state, mean loss,
     train accuracy)`` (both accumulated during the epoch, as the tutorial does) over uint8 images
     (N, 28, 28) and int labels (N,) already on the device(s), shuffled by ``key``: one compiled
-    call (a ``lax.scan`` over batches), one host sync. With a ``mesh`` (see ``make_mesh``), each
-    batch is split over its 'data' axis and the parameters are replicated; XLA sums the
+    call (a ``lax.scan`` over batches), one host sync. With a ``mesh`` (``devices.make_mesh``),
+    each batch is split over its 'data' axis and the parameters are replicated; XLA sums the
     gradients across devices. ``progress(done, total)`` is called from inside the scan every few
     batches, if given."""
-    shard = _batch_sharder(mesh)
+    shard = batch_sharder(mesh)
 
     def loss_fn(params, x, y, mask):
         logits = model.apply(params, x)
@@ -154,7 +155,7 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
     """A jitted ``evaluate(params, images, labels) -> (mean loss, accuracy)`` in which every
     example counts exactly once (a partial last batch is masked, not dropped); batches split over
     ``mesh`` like ``make_train_epoch``'s."""
-    shard = _batch_sharder(mesh, batch_size)
+    shard = batch_sharder(mesh, batch_size)
 
     def evaluate(params, images, labels):
         order, mask = data.batch_indices(None, images.shape[0], batch_size, shuffle=False)
@@ -173,54 +174,6 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
         return loss_sum / images.shape[0], correct / images.shape[0]
 
     return jax.jit(evaluate)
-
-
-def _batch_sharder(mesh: Mesh | None, batch_size: int | None = None):
-    """Constrains batch arrays to be split along the mesh's 'data' axis (identity without one)."""
-    if mesh is None or mesh.size == 1 or (batch_size is not None and batch_size % mesh.size):
-        return lambda *arrays: arrays
-    split = NamedSharding(mesh, PartitionSpec("data"))
-    return lambda *arrays: tuple(lax.with_sharding_constraint(a, split) for a in arrays)
-
-
-def make_mesh(device: str = "auto", num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh, axis 'data', over the first ``num_devices`` devices of the platform
-    ``select_device(device)`` picks (all of them by default, across every process after
-    ``jax.distributed.initialize``)."""
-    platform = select_device(device).platform
-    devices = jax.devices(platform)
-    if num_devices is None:
-        num_devices = len(devices)
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
-            1 <= num_devices <= len(devices)):
-        raise ValueError(f"devices {num_devices!r} must be between 1 and the {len(devices)} "
-                         f"{platform} device(s) JAX sees")
-    return Mesh(np.array(devices[:num_devices]), ("data",))
-
-
-def replicate(tree, mesh: Mesh):
-    """Places every leaf of ``tree`` whole on every device of ``mesh``; works across processes
-    (each supplies its own devices' copies)."""
-    sharding = NamedSharding(mesh, PartitionSpec())
-
-    def put(leaf):
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    return jax.tree_util.tree_map(put, tree)
-
-
-def select_device(name: str = "auto") -> jax.Device:
-    """'auto': the first GPU if there is one, else the CPU (the tutorial's ``try_gpu``)."""
-    if name not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device {name!r} is not one of ('auto', 'cpu', 'gpu')")
-    if name in ("auto", "gpu"):
-        try:
-            return jax.devices("gpu")[0]
-        except RuntimeError:
-            if name == "gpu":
-                raise ValueError("device 'gpu' was asked for, but JAX sees no GPU here "
-                                 f"(devices: {jax.devices()}); use --device cpu or auto") from None
-    return jax.devices("cpu")[0]
 
 
 # -------------------------------------------------------------------------------------------- fit
@@ -352,15 +305,6 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
                             {"epoch": epoch, "config": config.to_dict(), "history": history})
             _write_metrics(out, history)
     return to_host(params), history
-
-
-def to_host(tree):
-    """NumPy copies of (replicated) arrays, also where other processes hold some devices."""
-    def get(leaf):
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            leaf = leaf.addressable_data(0)
-        return np.asarray(leaf)
-    return jax.tree_util.tree_map(get, tree)
 
 
 def _progress_bar(done, total):

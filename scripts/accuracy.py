@@ -13,7 +13,7 @@ import sys
 
 import jax
 
-from jaxlenet import data, train
+from jaxlenet import data, devices, train
 
 RUNS = [
     ("tutorial lenet", 0.88, train.Config(model="lenet", epochs=10, batch_size=256, lr=0.5,
@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     dataset = data.load_fashion_mnist(args.data_dir)
-    device = train.select_device("auto")
+    device = devices.select_device("auto")
     rows, failed = [], False
     for name, bar, config in RUNS:
         if args.only and name not in args.only:

@@ -11,7 +11,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
 
-from jaxlenet import data, train  # noqa: E402
+from jaxlenet import data, devices, train  # noqa: E402
 
 
 def main():
@@ -21,16 +21,16 @@ def main():
                         help="epochs per setting (the first is a warm-up)")
     args = parser.parse_args()
     dataset = data.load_fashion_mnist()
-    available = len(jax.devices(train.select_device("auto").platform))
+    available = len(jax.devices(devices.select_device("auto").platform))
     print("| devices | images/s | s/epoch |\n|---|---|---|")
-    for devices in (1, 2, 4):
-        if devices > available:
+    for count in (1, 2, 4):
+        if count > available:
             break
         config = train.Config(epochs=args.epochs, batch_size=256, schedule="constant")
-        _, history = train.fit(config, dataset, devices=devices, limit=args.limit,
+        _, history = train.fit(config, dataset, devices=count, limit=args.limit,
                                log=lambda _: None)
         seconds = statistics.median(m["seconds"] for m in history[1:])
-        print(f"| {devices} | {args.limit / seconds:,.0f} | {seconds:.2f} |", flush=True)
+        print(f"| {count} | {args.limit / seconds:,.0f} | {seconds:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

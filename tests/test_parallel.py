@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_train import small_dataset
 
-from jaxlenet import data, train
+from jaxlenet import data, devices, train
 
 
 @pytest.mark.skipif(len(jax.devices("cpu")) < 4, reason="needs 4 (simulated) CPU devices")
@@ -35,7 +35,7 @@ def test_the_batch_must_divide_over_the_devices():
     with pytest.raises(ValueError, match="does not divide evenly over 3 devices"):
         train.fit(train.Config(batch_size=64), small_dataset(64, 10), device="cpu", devices=3)
     with pytest.raises(ValueError, match="devices 99"):
-        train.make_mesh("cpu", 99)
+        devices.make_mesh("cpu", 99)
 
 
 @pytest.mark.skipif(data.locate() is None, reason="needs the real Fashion-MNIST (the processes "

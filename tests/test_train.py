@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlenet import checkpoint, models, nd, train
+from jaxlenet import checkpoint, devices, models, nd, train
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -213,11 +213,11 @@ def test_optimizer_matches_mxnet_sgd_with_weight_decay_and_momentum():
 
 
 def test_select_device():
-    assert train.select_device("cpu").platform == "cpu"
+    assert devices.select_device("cpu").platform == "cpu"
     if not any(d.platform == "gpu" for d in jax.devices()):
-        assert train.select_device("auto").platform == "cpu"
+        assert devices.select_device("auto").platform == "cpu"
         with pytest.raises(ValueError, match="no GPU"):
-            train.select_device("gpu")
+            devices.select_device("gpu")
 
 
 def _rewrite_checkpoint(path, meta, arrays):

@@ -1,0 +1,68 @@
+"""Where training runs: device selection, the 'data' mesh, placing and fetching arrays.
+
+One device or many, one process or several (after ``jax.distributed.initialize``): parameters and
+data are replicated over the mesh, batches are split along its 'data' axis."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def select_device(name: str = "auto") -> jax.Device:
+    """'auto': the first GPU if there is one, else the CPU (the tutorial's ``try_gpu``)."""
+    if name not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device {name!r} is not one of ('auto', 'cpu', 'gpu')")
+    if name in ("auto", "gpu"):
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:
+            if name == "gpu":
+                raise ValueError("device 'gpu' was asked for, but JAX sees no GPU here "
+                                 f"(devices: {jax.devices()}); use --device cpu or auto") from None
+    return jax.devices("cpu")[0]
+
+
+def make_mesh(device: str = "auto", num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh, axis 'data', over the first ``num_devices`` devices of the platform
+    ``select_device(device)`` picks (all of them by default, across every process after
+    ``jax.distributed.initialize``)."""
+    platform = select_device(device).platform
+    devices = jax.devices(platform)
+    if num_devices is None:
+        num_devices = len(devices)
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
+            1 <= num_devices <= len(devices)):
+        raise ValueError(f"devices {num_devices!r} must be between 1 and the {len(devices)} "
+                         f"{platform} device(s) JAX sees")
+    return Mesh(np.array(devices[:num_devices]), ("data",))
+
+
+def replicate(tree, mesh: Mesh):
+    """Places every leaf of ``tree`` whole on every device of ``mesh``; works across processes
+    (each supplies its own devices' copies)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(tree):
+    """NumPy copies of (replicated) arrays, also where other processes hold some devices."""
+    def get(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.asarray(leaf)
+    return jax.tree_util.tree_map(get, tree)
+
+
+def batch_sharder(mesh: Mesh | None, batch_size: int | None = None):
+    """Constrains batch arrays to be split along the mesh's 'data' axis (identity without one)."""
+    if mesh is None or mesh.size == 1 or (batch_size is not None and batch_size % mesh.size):
+        return lambda *arrays: arrays
+    split = NamedSharding(mesh, PartitionSpec("data"))
+    return lambda *arrays: tuple(lax.with_sharding_constraint(a, split) for a in arrays)
