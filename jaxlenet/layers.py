@@ -140,12 +140,11 @@ def _conv2d_nhwc_bwd(padding, residuals, dy):
         patches = jnp.stack([planes[:, :, i:i + ho, j:j + wo] for i in range(kh)
                              for j in range(kw)])  # (kh*kw, C, N, Ho, Wo)
         dw = jnp.matmul(patches.reshape(kh * kw * channels, rows), dy.reshape(rows, out_channels))
-        dw = jnp.transpose(dw.reshape(kh, kw, channels, out_channels), (3, 2, 0, 1))
     else:
         patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
                             axis=3)  # (N, Ho, Wo, kh*kw, C)
         dw = jnp.matmul(patches.reshape(rows, -1).T, dy.reshape(rows, out_channels))
-        dw = jnp.transpose(dw.reshape(kh, kw, channels, out_channels), (3, 2, 0, 1))
+    dw = jnp.transpose(dw.reshape(kh, kw, channels, out_channels), (3, 2, 0, 1))
     return dx.astype(x.dtype), dw.astype(weight.dtype)
 
 

@@ -7,6 +7,8 @@ including windows that start in the right padding or past the input (no ``ceil_m
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,8 +128,7 @@ def _block_max(x, spatial_axes, window, outs):
     index = [slice(None)] * jnp.ndim(x)
     for axis, k, o in zip(spatial_axes, window, outs):
         index[axis] = slice(0, o * k)
-    cropped = x[tuple(index)]
-    return _blocks_max(cropped, spatial_axes, window)
+    return _blocks_max(x[tuple(index)], tuple(spatial_axes), tuple(window))
 
 
 def _split_shape(shape, spatial_axes, window):
@@ -143,23 +144,22 @@ def _split_shape(shape, spatial_axes, window):
     return tuple(split), tuple(kernel_axes)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _blocks_max(x, spatial_axes, window):
-    return _blocks_max_vjp(x, tuple(spatial_axes), tuple(window))
-
-
-def _blocks_forward(x, spatial_axes, window):
     split, kernel_axes = _split_shape(x.shape, spatial_axes, window)
     return jnp.max(x.reshape(split), axis=kernel_axes)
 
 
 def _blocks_fwd(x, spatial_axes, window):
-    return _blocks_forward(x, spatial_axes, window), x
+    y = _blocks_max(x, spatial_axes, window)
+    return y, (x, y)
 
 
-def _blocks_bwd(spatial_axes, window, x, cotangent):
+def _blocks_bwd(spatial_axes, window, residuals, cotangent):
+    x, y = residuals
     split, kernel_axes = _split_shape(x.shape, spatial_axes, window)
     blocks = x.reshape(split)
-    y = jnp.expand_dims(_blocks_forward(x, spatial_axes, window), kernel_axes)
+    y = jnp.expand_dims(y, kernel_axes)
     ct = jnp.expand_dims(cotangent, kernel_axes)
     # The first maximum in row-major window order takes the gradient, as in MXNet: visit the
     # window positions in that order, each taking it if it equals the max and none before did.
@@ -188,5 +188,4 @@ def _assemble(pieces, window, kernel_axes, prefix=()):
                             for i in range(window[depth])], axis=kernel_axes[depth])
 
 
-_blocks_max_vjp = jax.custom_vjp(_blocks_forward, nondiff_argnums=(1, 2))
-_blocks_max_vjp.defvjp(_blocks_fwd, _blocks_bwd)
+_blocks_max.defvjp(_blocks_fwd, _blocks_bwd)
