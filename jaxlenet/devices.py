@@ -43,8 +43,20 @@ def make_mesh(device: str = "auto", num_devices: int | None = None) -> Mesh:
 def replicate(tree, mesh: Mesh):
     """Places every leaf of ``tree`` whole on every device of ``mesh``; works across processes
     (each supplies its own devices' copies)."""
-    sharding = NamedSharding(mesh, PartitionSpec())
+    return _place(tree, NamedSharding(mesh, PartitionSpec()))
 
+
+def shard_examples(tree, mesh: Mesh):
+    """Splits every leaf of ``tree`` along its first (example) axis over the mesh's 'data' axis:
+    each device, and so each process, holds only its share of the dataset. Leaves whose length
+    does not divide evenly are replicated instead."""
+    split = NamedSharding(mesh, PartitionSpec("data"))
+    whole = NamedSharding(mesh, PartitionSpec())
+    return jax.tree_util.tree_map(
+        lambda leaf: _place(leaf, split if len(leaf) % mesh.size == 0 else whole), tree)
+
+
+def _place(tree, sharding):
     def put(leaf):
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

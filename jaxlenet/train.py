@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from jaxlenet import checkpoint, data, models
 from jaxlenet._files import atomic_write
-from jaxlenet.devices import batch_sharder, make_mesh, replicate, to_host
+from jaxlenet.devices import batch_sharder, make_mesh, replicate, shard_examples, to_host
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -272,8 +272,8 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, history)
 
-    train_x, train_y, test_x, test_y, params, opt_state = replicate(
-        (train_x, train_y, test_x, test_y, params, opt_state), mesh)
+    train_x, train_y, test_x, test_y = shard_examples((train_x, train_y, test_x, test_y), mesh)
+    params, opt_state = replicate((params, opt_state), mesh)
     show = _progress_bar if progress and jax.process_index() == 0 else None
     train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show, mesh=mesh)
     evaluate = make_evaluate(model, mesh=mesh)
