@@ -105,6 +105,14 @@ def _to_images(batch):
     return (batch.astype(jnp.float32) / 255.0)[:, None]
 
 
+def _masked_totals(logits, labels, valid):
+    """(sum of the losses, number correct) over the examples of a batch marked ``valid``."""
+    losses = softmax_cross_entropy(logits, labels)
+    correct = jnp.argmax(logits, axis=-1) == labels
+    return (jnp.sum(jnp.where(valid, losses, 0.0)),
+            jnp.sum(jnp.where(valid, correct, False), dtype=jnp.int32))
+
+
 def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, batch_size: int,
                      *, progress: Callable[[int, int], None] | None = None,
                      mesh: Mesh | None = None):
@@ -117,11 +125,9 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
     batches, if given."""
     shard = batch_sharder(mesh)
 
-    def loss_fn(params, x, y, mask):
-        logits = model.apply(params, x)
-        losses = softmax_cross_entropy(logits, y)
-        correct = jnp.argmax(logits, axis=-1) == y
-        return jnp.sum(jnp.where(mask, losses, 0.0)) / batch_size, (losses, correct)
+    def loss_fn(params, x, y, valid):
+        loss_sum, correct = _masked_totals(model.apply(params, x), y, valid)
+        return loss_sum / batch_size, (loss_sum, correct)
 
     def epoch(params, opt_state, images, labels, key):
         num_examples = images.shape[0]
@@ -132,16 +138,14 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
             params, opt_state = carry
             index, valid, i = batch
             x, y, valid = shard(_to_images(images[index]), labels[index], valid)
-            (_, (losses, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, x, y, valid)
+            (_, totals), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, valid)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if progress is not None:
                 every = max(num_batches // 50, 1)
                 lax.cond(i % every == every - 1,
                          lambda: jax.debug.callback(progress, i + 1, num_batches), lambda: None)
-            return (params, opt_state), (jnp.sum(jnp.where(valid, losses, 0.0)),
-                                         jnp.sum(jnp.where(valid, correct, False), dtype=jnp.int32))
+            return (params, opt_state), totals
 
         (params, opt_state), (loss_sums, corrects) = lax.scan(
             step, (params, opt_state), (order, mask, jnp.arange(num_batches)))
@@ -163,11 +167,8 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
         def body(totals, batch):
             index, valid = batch
             x, y, valid = shard(_to_images(images[index]), labels[index], valid)
-            logits = model.apply(params, x)
-            losses = softmax_cross_entropy(logits, y)
-            correct = jnp.argmax(logits, axis=-1) == y
-            return (totals[0] + jnp.sum(jnp.where(valid, losses, 0.0)),
-                    totals[1] + jnp.sum(jnp.where(valid, correct, False), dtype=jnp.int32)), None
+            loss_sum, correct = _masked_totals(model.apply(params, x), y, valid)
+            return (totals[0] + loss_sum, totals[1] + correct), None
 
         zero = jnp.zeros((), jnp.float32)
         (loss_sum, correct), _ = lax.scan(body, (zero, jnp.zeros((), jnp.int32)), (order, mask))
@@ -258,10 +259,10 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
             raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out_dir}")
         saved, model, params, opt_state, key, start = load_checkpoint(out_dir)
         if dataclasses.replace(saved, epochs=config.epochs) != config:
-            raise ValueError(f"--resume: the checkpoint in {out} was written with {saved}, which "
-                             f"differs from {config} in more than epochs")
+            raise ValueError(f"--resume: the checkpoint in {out_dir} was written with {saved}, "
+                             f"which differs from {config} in more than epochs")
         if saved.schedule == "cosine" and saved.epochs != config.epochs:
-            raise ValueError(f"--resume: the run in {out} decays its learning rate over "
+            raise ValueError(f"--resume: the run in {out_dir} decays its learning rate over "
                              f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
                              f"to {config.epochs}; start a new run instead")
         history = load_history(out_dir)
