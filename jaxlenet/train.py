@@ -25,7 +25,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from jaxlenet import checkpoint, data, models
+from jaxlenet import checkpoint, data, devices, models
 from jaxlenet._files import atomic_write
 from jaxlenet.devices import batch_sharder, make_mesh, replicate, shard_examples, to_host
 from jaxlenet.losses import softmax_cross_entropy
@@ -152,7 +152,7 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
         return (params, opt_state, jnp.sum(loss_sums) / num_examples,
                 jnp.sum(corrects) / num_examples)
 
-    return jax.jit(epoch, donate_argnums=(0, 1))
+    return jax.jit(epoch, donate_argnums=(0, 1), compiler_options=devices.compiler_options(mesh))
 
 
 def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | None = None):
@@ -174,7 +174,7 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
         (loss_sum, correct), _ = lax.scan(body, (zero, jnp.zeros((), jnp.int32)), (order, mask))
         return loss_sum / images.shape[0], correct / images.shape[0]
 
-    return jax.jit(evaluate)
+    return jax.jit(evaluate, compiler_options=devices.compiler_options(mesh))
 
 
 # -------------------------------------------------------------------------------------------- fit
@@ -350,4 +350,5 @@ def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
 
 def predict(model: models.Model, params, images) -> np.ndarray:
     """Class probabilities (N, 10) for float images (N, 1, 28, 28) in [0, 1]."""
-    return np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, jnp.asarray(images)), axis=-1))
+    apply = jax.jit(model.apply, compiler_options=devices.compiler_options())
+    return np.asarray(jax.nn.softmax(apply(params, jnp.asarray(images)), axis=-1))

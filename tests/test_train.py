@@ -220,6 +220,31 @@ def test_select_device():
             devices.select_device("gpu")
 
 
+@pytest.mark.parametrize("name", ["lenet", "lenet5"])
+def test_cpu_compiler_options_change_speed_not_gradients(name):
+    options = devices.compiler_options(devices.make_mesh("cpu", 1))
+    assert options, "this jaxlib should accept jaxlenet's XLA:CPU options"
+    model = models.build(name)
+    params = model.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((64, 1, 28, 28), np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 64))
+    grad = jax.grad(lambda p: jnp.mean(softmax_cross_entropy(model.apply(p, x), y)))
+    tuned = jax.jit(grad, compiler_options=options)(params)
+    for got, want in zip(jax.tree_util.tree_leaves(tuned),
+                         jax.tree_util.tree_leaves(jax.jit(grad)(params))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_compiler_options_fall_back_to_none(monkeypatch):
+    monkeypatch.setattr(devices, "_CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})
+    devices._cpu_options.cache_clear()
+    try:
+        assert devices.compiler_options(devices.make_mesh("cpu", 1)) == {}
+    finally:
+        devices._cpu_options.cache_clear()
+
+
 def _rewrite_checkpoint(path, meta, arrays):
     import io
     import json
