@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxlenet import initializers, layers, pooling
 
@@ -130,16 +131,20 @@ def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad, channels,
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((3, 9, 8, channels)))
     w = jnp.asarray(rng.standard_normal((filters, channels) + kernel))
+    b = jnp.asarray(rng.standard_normal(filters))
     ct = jnp.asarray(rng.standard_normal(layers.conv(x, w, padding=pad, layout="NHWC").shape))
 
-    def plain(x, w):
-        return layers._conv_general(x, w, (1, 1), pad, (1, 1), 1, True)
+    def plain(x, w, b):
+        y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1),
+                                     [(p, p) for p in pad],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + b[None, None, None]
 
-    def fast(x, w):
-        return layers.conv(x, w, padding=pad, layout="NHWC")
+    def fast(x, w, b):
+        return layers.conv(x, w, b, padding=pad, layout="NHWC")
 
-    y_fast, vjp_fast = jax.vjp(fast, x, w)
-    y_plain, vjp_plain = jax.vjp(plain, x, w)
+    y_fast, vjp_fast = jax.vjp(fast, x, w, b)
+    y_plain, vjp_plain = jax.vjp(plain, x, w, b)
     np.testing.assert_allclose(y_fast, y_plain, rtol=1e-12, atol=1e-12)
     for got, want in zip(vjp_fast(ct), vjp_plain(ct)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
