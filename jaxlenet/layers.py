@@ -135,13 +135,27 @@ def _conv2d_nhwc_bwd(padding, residuals, dy):
 def _conv2d_nhwc_weight_grad(x, dy, kernel, padding):
     """The gradient (O, C, kh, kw) with respect to the weight of a stride-1 convolution of ``x``
     (N, H, W, C), given its output's cotangent ``dy`` (N, Ho, Wo, O): one matmul of the im2col
-    patches of x with dy."""
+    patches of x with dy, or for few channels and filters, of x's rows with dy's."""
     kh, kw = kernel
     n, ho, wo, out_channels = dy.shape
     channels = x.shape[-1]
     xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+    width = xp.shape[2]
     rows = n * ho * wo
-    if channels <= _FEW_CHANNELS:
+    if (channels <= _FEW_CHANNELS and out_channels < _MIN_FAST_FILTERS
+            and width <= _MAX_ROW_OVERWORK * kw):
+        # The patch matmul would have at most 16 columns, which XLA:CPU runs at a few GFLOP/s.
+        # One wide matmul of x's kh row-shifted copies (columns: kernel row i, input column w',
+        # channel c) with dy (columns: output column w, filter o) instead gives the products of
+        # every (w', w) pair, and the gradient is the sum along the diagonals w' = w + j:
+        # width/kw times the arithmetic (5.6x for LeNet-5's first layer) in a third of the time.
+        shifted = jnp.stack([xp[:, i:i + ho] for i in range(kh)], axis=2)  # (N, Ho, kh, W, C)
+        pairs = jnp.matmul(shifted.reshape(n * ho, kh * width * channels).T,
+                           dy.reshape(n * ho, wo * out_channels))
+        pairs = pairs.reshape(kh, width, channels, wo, out_channels)
+        dw = jnp.stack([jnp.diagonal(pairs[:, j:j + wo], axis1=1, axis2=3).sum(-1)
+                        for j in range(kw)], axis=1)  # (kh, kw, C, O)
+    elif channels <= _FEW_CHANNELS:
         # Few channels (a network's first layer): shifted copies of whole (C, N, H, W) planes
         # stacked on a leading axis copy far faster than C-wide rows interleaved.
         planes = jnp.moveaxis(xp, -1, 0)
@@ -156,6 +170,7 @@ def _conv2d_nhwc_weight_grad(x, dy, kernel, padding):
 
 
 _FEW_CHANNELS = 8
+_MAX_ROW_OVERWORK = 6
 
 
 def _conv2d_nhwc_input_grad(dy, weight, padding):
