@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxlenet import _checks, initializers
@@ -71,6 +72,9 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
     if channels_last and nsp == 2 and groups == 1 and stride == (1, 1) and dilation == (1, 1):
         if bias is None:
             bias = jnp.zeros((out_channels,), x.dtype)
+        if (channels <= _FEW_CHANNELS and out_channels < _MIN_FAST_FILTERS
+                and sizes[1] + 2 * padding[1] <= _MAX_ROW_OVERWORK * kernel[1]):
+            return _conv2d_rows(x, weight, bias, padding)
         return _conv2d_nhwc(x, weight, bias, padding)
     return _conv_general(x, weight, stride, padding, dilation, groups, channels_last, bias)
 
@@ -109,12 +113,36 @@ def _conv_general(x, weight, stride, padding, dilation, groups, channels_last, b
 _MIN_FAST_FILTERS = 17
 
 
+def _conv2d_rows(x, weight, bias, padding):
+    """A stride-1 convolution of ``x`` (N, H, W, C) as one matmul over image rows: the kh
+    row-shifted copies of x, (N*Ho, kh*W*C), times the banded (Toeplitz) matrix (kh*W*C, Wo*O)
+    that places every kernel column at every output column. It does W/kw times the arithmetic of
+    the convolution, but for few channels and filters (LeNet-5's 1 -> 6 and 6 -> 16) XLA:CPU runs
+    this one wide matmul far faster than the narrow convolution, and autodiff of it (no custom
+    VJP) turns the weight gradient, an im2col matmul with at most 16 columns otherwise, into a
+    wide matmul too."""
+    out_channels, channels, kh, kw = weight.shape
+    x = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+    n, height, width, _ = x.shape
+    ho, wo = height - kh + 1, width - kw + 1
+    rows = jnp.stack([x[:, i:i + ho] for i in range(kh)], axis=2)  # (N, Ho, kh, W, C)
+    # band[v, w, j] = 1 where input column v is output column w's kernel column j.
+    band = np.equal.outer(np.arange(width)[:, None] - np.arange(wo)[None, :], np.arange(kw))
+    toeplitz = jnp.einsum("vwj,ocij->ivcwo", jnp.asarray(band, x.dtype), weight)
+    y = jnp.matmul(rows.reshape(n * ho, kh * width * channels),
+                   toeplitz.reshape(kh * width * channels, wo * out_channels))
+    return y.reshape(n, ho, wo, out_channels) + bias.reshape(1, 1, 1, out_channels)
+
+
+_MAX_ROW_OVERWORK = 6
+
+
 # XLA:CPU differentiates a convolution into convolutions with swapped batch/feature dimensions
 # that it runs 5-10x slower than a forward convolution, and slower still inside a loop (lax.scan).
 # For the stride-1 2-D case, both gradients are written here in forms that stay on its fast
-# paths: the input gradient as a forward convolution of the padded cotangent with the flipped
-# kernel, the weight gradient as one matmul over im2col patches. Checked against autodiff of
-# ``_conv_general`` in tests/test_layers.py.
+# paths: the input gradient as a forward convolution over the kernel's rows, the weight gradient
+# as one matmul over im2col patches. Checked against autodiff of a plain lax convolution in
+# tests/test_layers.py.
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv2d_nhwc(x, weight, bias, padding):
@@ -135,27 +163,13 @@ def _conv2d_nhwc_bwd(padding, residuals, dy):
 def _conv2d_nhwc_weight_grad(x, dy, kernel, padding):
     """The gradient (O, C, kh, kw) with respect to the weight of a stride-1 convolution of ``x``
     (N, H, W, C), given its output's cotangent ``dy`` (N, Ho, Wo, O): one matmul of the im2col
-    patches of x with dy, or for few channels and filters, of x's rows with dy's."""
+    patches of x with dy."""
     kh, kw = kernel
     n, ho, wo, out_channels = dy.shape
     channels = x.shape[-1]
     xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
-    width = xp.shape[2]
     rows = n * ho * wo
-    if (channels <= _FEW_CHANNELS and out_channels < _MIN_FAST_FILTERS
-            and width <= _MAX_ROW_OVERWORK * kw):
-        # The patch matmul would have at most 16 columns, which XLA:CPU runs at a few GFLOP/s.
-        # One wide matmul of x's kh row-shifted copies (columns: kernel row i, input column w',
-        # channel c) with dy (columns: output column w, filter o) instead gives the products of
-        # every (w', w) pair, and the gradient is the sum along the diagonals w' = w + j:
-        # width/kw times the arithmetic (5.6x for LeNet-5's first layer) in a third of the time.
-        shifted = jnp.stack([xp[:, i:i + ho] for i in range(kh)], axis=2)  # (N, Ho, kh, W, C)
-        pairs = jnp.matmul(shifted.reshape(n * ho, kh * width * channels).T,
-                           dy.reshape(n * ho, wo * out_channels))
-        pairs = pairs.reshape(kh, width, channels, wo, out_channels)
-        dw = jnp.stack([jnp.diagonal(pairs[:, j:j + wo], axis1=1, axis2=3).sum(-1)
-                        for j in range(kw)], axis=1)  # (kh, kw, C, O)
-    elif channels <= _FEW_CHANNELS:
+    if channels <= _FEW_CHANNELS:
         # Few channels (a network's first layer): shifted copies of whole (C, N, H, W) planes
         # stacked on a leading axis copy far faster than C-wide rows interleaved.
         planes = jnp.moveaxis(xp, -1, 0)
@@ -170,7 +184,6 @@ def _conv2d_nhwc_weight_grad(x, dy, kernel, padding):
 
 
 _FEW_CHANNELS = 8
-_MAX_ROW_OVERWORK = 6
 
 
 def _conv2d_nhwc_input_grad(dy, weight, padding):
