@@ -92,7 +92,7 @@ def _conv_general(x, weight, stride, padding, dilation, groups, channels_last, b
         if groups == 1 and out_channels < _MIN_FAST_FILTERS:
             # XLA:CPU hands YNNPACK, its fast convolution library, only convolutions with more
             # than 16 input or output channels; zero filters up to 17 and dropping their outputs
-            # is faster than the path the rest take (LeNet-5's 6 and 16 filters).
+            # is faster than the path the rest take (6 filters over 1 channel: 5.2 -> 1.5 ms).
             weight = jnp.pad(weight, [(0, 0)] * (nsp + 1) + [(0, _MIN_FAST_FILTERS - out_channels)])
             if bias is not None:
                 bias = jnp.pad(bias, (0, _MIN_FAST_FILTERS - out_channels))
@@ -104,7 +104,7 @@ def _conv_general(x, weight, stride, padding, dilation, groups, channels_last, b
     if not channels_last:
         return y if bias is None else y + bias.reshape((1, -1) + (1,) * nsp)
     # The bias is added before the zero filters are dropped: XLA:CPU then fuses convolution and
-    # addition into one YNNPACK call, ~2.5x faster than the convolution alone (LeNet-5's second).
+    # addition into one YNNPACK call, ~2.5x faster than the convolution alone (6 -> 16 filters).
     if bias is not None:
         y = y + bias.reshape((1,) * (nsp + 1) + (-1,))
     return y[..., :out_channels]
@@ -191,11 +191,10 @@ def _conv2d_nhwc_input_grad(dy, weight, padding):
     output's cotangent ``dy`` (N, Ho, Wo, O) and ``weight`` (O, C, kh, kw).
 
     It is a convolution of dy with the kernel flipped, whose filters are the C input channels:
-    few (LeNet's 20, LeNet-5's 6), which XLA:CPU runs at a third of the speed of the forward
+    few (LeNet's second convolution: 20), which XLA:CPU runs at a third of the speed of the forward
     convolution. So the kernel's columns are folded into the filters instead: one convolution over
     the rows alone with kw*C filters, then the kw column shifts summed."""
     out_channels, channels, kh, kw = weight.shape
-    n, ho, wo, _ = dy.shape
     rows_only = jnp.transpose(weight[:, :, ::-1, :], (3, 1, 0, 2))  # (kw, C, O, kh), rows flipped
     rows_only = rows_only.reshape(kw * channels, out_channels, kh, 1)
     z = _conv_general(dy, rows_only, (1, 1), (kh - 1 - padding[0], 0), (1, 1), 1, True)
