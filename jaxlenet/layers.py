@@ -72,7 +72,8 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
     if channels_last and nsp == 2 and groups == 1 and stride == (1, 1) and dilation == (1, 1):
         if bias is None:
             bias = jnp.zeros((out_channels,), x.dtype)
-        if channels <= _FEW_CHANNELS and out_channels < _MIN_FAST_FILTERS:
+        if (channels <= _FEW_CHANNELS and out_channels < _MIN_FAST_FILTERS
+                and sizes[1] + 2 * padding[1] <= _MAX_ROW_WIDTH):
             return _conv2d_rows(x, weight, bias, padding)
         return _conv2d_nhwc(x, weight, bias, padding)
     return _conv_general(x, weight, stride, padding, dilation, groups, channels_last, bias)
@@ -91,7 +92,7 @@ def _conv_general(x, weight, stride, padding, dilation, groups, channels_last, b
         if groups == 1 and out_channels < _MIN_FAST_FILTERS:
             # XLA:CPU hands YNNPACK, its fast convolution library, only convolutions with more
             # than 16 input or output channels; zero filters up to 17 and dropping their outputs
-            # is faster than the path the rest take (6 filters over 1 channel: 5.2 -> 1.5 ms).
+            # is faster than the path the rest take (1 channel -> 16 filters: 5.2 ms, -> 17: 1.5).
             weight = jnp.pad(weight, [(0, 0)] * (nsp + 1) + [(0, _MIN_FAST_FILTERS - out_channels)])
             if bias is not None:
                 bias = jnp.pad(bias, (0, _MIN_FAST_FILTERS - out_channels))
@@ -145,6 +146,10 @@ def _conv2d_rows(x, weight, bias, padding):
 
 
 _ROW_TILE = 4
+# The left matrix is assembled from (width / tile) * kh slices, a program that grows with the
+# image's width (strided slices instead, a fixed number, ran LeNet-5's step 1.6x slower); wider
+# images take the custom-VJP path.
+_MAX_ROW_WIDTH = 64
 
 
 # XLA:CPU differentiates a convolution into convolutions with swapped batch/feature dimensions

@@ -124,13 +124,14 @@ def test_global_pool_ignores_geometry():
 
 @pytest.mark.parametrize("kernel,pad", [((5, 5), (0, 0)), ((3, 3), (0, 0)), ((3, 2), (1, 2)),
                                         ((1, 1), (0, 0)), ((2, 3), (3, 1))])
-@pytest.mark.parametrize("channels,filters", [(1, 5), (4, 3), (4, 20), (12, 3)])
-def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad, channels, filters):
-    """Every weight-gradient formulation (rows for few channels and filters unless the kernel
-    is much narrower than the input, planes for few channels, patches for many), and filter
-    counts on both sides of the zero-filter padding threshold."""
+@pytest.mark.parametrize("channels,filters,width", [(1, 5, 8), (4, 3, 8), (4, 20, 8), (12, 3, 8),
+                                                    (1, 5, 66)])
+def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad, channels, filters, width):
+    """Every formulation: the row matmul (few channels and filters, narrow images), and the
+    custom VJP's weight gradients by planes (few channels; also wide images) and by patches
+    (many channels), with filter counts on both sides of the zero-filter padding threshold."""
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((3, 9, 8, channels)))
+    x = jnp.asarray(rng.standard_normal((3, 9, width, channels)))
     w = jnp.asarray(rng.standard_normal((filters, channels) + kernel))
     b = jnp.asarray(rng.standard_normal(filters))
     ct = jnp.asarray(rng.standard_normal(layers.conv(x, w, padding=pad, layout="NHWC").shape))
