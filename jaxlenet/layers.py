@@ -195,7 +195,7 @@ def _conv2d_nhwc_weight_grad(x, dy, kernel, padding):
     patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
                         axis=3)  # (N, Ho, Wo, kh*kw, C)
     # dy^T @ patches rather than patches^T @ dy: the same Eigen matmul with the (O, kh*kw*C)
-    # result, ~5% faster in LeNet's training step (27.5-28.3 -> 25.8-26.7 ms).
+    # result, ~5% faster in LeNet's training step (26.9-28.3 -> 25.8-26.7 ms).
     dw = jnp.matmul(dy.reshape(rows, out_channels).T, patches.reshape(rows, -1))
     return jnp.transpose(dw.reshape(out_channels, kh, kw, channels), (0, 3, 1, 2))
 
