@@ -152,6 +152,49 @@ def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad, channels,
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", None])
+@pytest.mark.parametrize("channels,kernel,pad,window,size", [
+    (1, (5, 5), 0, 2, (28, 28)), (1, (3, 3), 1, 2, (9, 7)), (2, (3, 2), (1, 0), (2, 2), (8, 9)),
+    (1, (2, 3), 0, (3, 2), (10, 9)), (1, (1, 1), 0, 2, (5, 6)), (8, (3, 3), 0, 1, (5, 5))])
+def test_conv_pool_fusion_equals_the_layers_one_by_one(activation, channels, kernel, pad, window,
+                                                       size):
+    """``serial`` runs a convolution and the max pool after it as one space-to-depth
+    convolution: the same values and the same gradients (first maximum, relu'(0) = 0), ties
+    included (small integers make exact ties and exact sums in any order)."""
+    conv_layer = layers.Conv(3, kernel, padding=pad, activation=activation, layout="NHWC")
+    pool_layer = layers.Pool(window, layout="NHWC")
+    net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
+    x = jnp.asarray(RNG.integers(-2, 3, (2,) + size + (channels,)).astype(np.float64))
+    params = {"conv": {"weight": jnp.asarray(RNG.integers(-1, 2, (3, channels) + kernel)
+                                             .astype(np.float64)),
+                       "bias": jnp.asarray([0.0, 1.0, -1.0])}}
+    assert layers._fusible_pool_window(conv_layer, pool_layer, x, params["conv"]) is not None
+
+    def one_by_one(params, x):
+        return pool_layer.apply({}, conv_layer.apply(params["conv"], x))
+
+    y_fused, vjp_fused = jax.vjp(net.apply, params, x)
+    y_plain, vjp_plain = jax.vjp(one_by_one, params, x)
+    np.testing.assert_allclose(y_fused, y_plain, rtol=1e-12, atol=1e-12)
+    ct = jnp.asarray(RNG.standard_normal(y_plain.shape))
+    for got, want in zip(jax.tree_util.tree_leaves(vjp_fused(ct)),
+                         jax.tree_util.tree_leaves(vjp_plain(ct))):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv_options,pool_options,channels", [
+    ({}, {"kind": "avg"}, 1), ({"stride": 2}, {}, 1), ({"dilation": 2}, {}, 1),
+    ({}, {"stride": 1}, 1), ({}, {"padding": 1}, 1), ({}, {"convention": "full"}, 1),
+    ({}, {}, 3), ({"layout": None}, {"layout": None}, 1)])
+def test_conv_pool_fusion_only_where_it_applies(conv_options, pool_options, channels):
+    conv_layer = layers.Conv(4, 3, **{"layout": "NHWC", **conv_options})
+    pool_layer = layers.Pool(2, **{"layout": "NHWC", **pool_options})
+    x = jnp.zeros((1, 8, 8, channels)) if conv_options.get("layout", "NHWC") else jnp.zeros(
+        (1, channels, 8, 8))
+    params = {"weight": jnp.zeros((4, channels, 3, 3)), "bias": jnp.zeros(4)}
+    assert layers._fusible_pool_window(conv_layer, pool_layer, x, params) is None
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("window,shape", [((2, 2), (2, 3, 8, 6)), ((2, 2), (2, 3, 7, 5)),
                                           ((3, 2), (1, 2, 9, 4))])

@@ -46,11 +46,14 @@ def test_the_batch_must_divide_over_the_devices():
                     "load it themselves)")
 def test_two_processes_on_localhost_train_like_one(tmp_path):
     """`jaxlenet train` as two processes (CPU collectives over gloo, coordinator on 127.0.0.1),
-    each with one device: the checkpoint process 0 writes equals a one-device run."""
+    each with one device: the checkpoint process 0 writes equals a one-device run. 8 steps, for
+    the reason the test above gives: in one 16-step epoch of this recipe, scaling the initial
+    parameters by 1 + 1e-7 moved the final ones by 1e-4 to 4e-3 in five of ten runs (five
+    shuffles, first layer fused with its pooling or not): ReLU inputs near zero flip."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    flags = ["--limit", "1024", "--epochs", "2", "--batch-size", "64", "--schedule", "constant",
+    flags = ["--limit", "256", "--epochs", "2", "--batch-size", "64", "--schedule", "constant",
              "--no-plots", "--out", str(tmp_path / "run")]
     env = {**os.environ, "XLA_FLAGS": "", "JAXLENET_COORDINATOR": f"127.0.0.1:{port}",
            "JAXLENET_NUM_PROCESSES": "2"}
@@ -67,7 +70,7 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
     assert "2 cpu device(s), 2 process(es)" in outputs[0][1]
     assert outputs[0][0].count("epoch ") == 2 and "epoch " not in outputs[1][0]  # process 0 reports
     config = train.Config(epochs=2, batch_size=64, schedule="constant")
-    one, _ = train.fit(config, data.load_fashion_mnist(), device="cpu", devices=1, limit=1024,
+    one, _ = train.fit(config, data.load_fashion_mnist(), device="cpu", devices=1, limit=256,
                        log=lambda _: None)
     _, _, saved, _, _, epoch = train.load_checkpoint(tmp_path / "run")
     assert epoch == 2
