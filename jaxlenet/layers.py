@@ -254,18 +254,44 @@ def _conv_pool(x, weight, bias, window, padding, activation):
     block_weight = jnp.einsum("uvabcdpq,ozuv->pqocdzab", jnp.asarray(place, weight.dtype), weight)
     block_weight = block_weight.reshape(ph * pw * out_channels, ph * pw * channels, bh, bw)
     y = conv(blocks, block_weight, jnp.tile(bias, ph * pw), layout="NHWC")
-    # MXNet pools the activation's output. Where the activation can tie distinct inputs
-    # (sigmoid saturates), that decides which position takes the gradient, so it runs first;
-    # ReLU commutes with the max, gradient included (a window whose max is <= 0 passes no
-    # gradient either way), and runs on the 4x smaller pooled output.
-    if activation not in (None, "relu"):
-        y = ACTIVATIONS[activation](y)
     # Channels ordered (row in window, column in window, filter): the window's positions in
     # row-major order, so the first maximum is MXNet's. The batch axis stays an axis of its own,
     # so that a batch split over devices stays split.
-    y = pool(y.reshape(n, hp, wp, ph * pw, out_channels), (1, 1, ph * pw), layout="NDHWC")
-    y = y.reshape(n, hp, wp, out_channels)
-    return relu(y) if activation == "relu" else y
+    y = y.reshape(n, hp, wp, ph * pw, out_channels)
+    if activation == "relu":
+        y = _max_of_relu(y)
+    else:
+        # MXNet pools the activation's output. Where the activation can tie distinct inputs
+        # (sigmoid saturates), that decides which position takes the gradient: it runs first.
+        y = _positions_max(ACTIVATIONS[activation](y) if activation else y)
+    return y.reshape(n, hp, wp, out_channels)
+
+
+def _positions_max(y):
+    """Max over axis 3 of (N, H, W, positions, C), the first maximum taking the gradient."""
+    return pool(y, (1, 1, y.shape[3]), layout="NDHWC")
+
+
+@jax.custom_vjp
+def _max_of_relu(y):
+    # Undifferentiated (evaluation, prediction), the ReLU keeps XLA from fusing the max into the
+    # convolution's YNNPACK call, which runs that fusion ~2.4x slower (lenet inference 410 ->
+    # 280 ms per 10,000 images).
+    return _positions_max(relu(y))
+
+
+def _max_of_relu_fwd(y):
+    # Differentiated, the ReLU runs on the 4x smaller maximum (the training step ~1.5 ms
+    # faster). The same values and gradients: ReLU commutes with the max, and a window whose
+    # max is <= 0 passes no gradient either way.
+    return jax.vjp(lambda y: relu(_positions_max(y)), y)
+
+
+def _max_of_relu_bwd(vjp, cotangent):
+    return vjp(cotangent)
+
+
+_max_of_relu.defvjp(_max_of_relu_fwd, _max_of_relu_bwd)
 
 
 @functools.cache
