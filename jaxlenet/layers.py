@@ -549,6 +549,7 @@ def _fusible_pool_window(layer, following, x, params) -> tuple[int, int] | None:
             and pool_args.get("convention", "valid") == "valid"
             and set(pool_args) <= {"window", "kind", "stride", "padding", "layout", "convention"}
             and jnp.ndim(weight) == 4 and weight.shape[1] == x.shape[-1]
+            and jnp.shape(params.get("bias", weight[:, 0, 0, 0])) == weight.shape[:1]
             and jnp.result_type(x) == jnp.result_type(weight)
             and jnp.issubdtype(jnp.result_type(x), jnp.floating)
             and window[0] * window[1] * x.shape[-1] <= _FEW_CHANNELS

@@ -187,14 +187,22 @@ def test_conv_pool_fusion_equals_the_layers_one_by_one(activation, channels, ker
 @pytest.mark.parametrize("conv_options,pool_options,channels", [
     ({}, {"kind": "avg"}, 1), ({"stride": 2}, {}, 1), ({"dilation": 2}, {}, 1),
     ({}, {"stride": 1}, 1), ({}, {"padding": 1}, 1), ({}, {"convention": "full"}, 1),
-    ({}, {}, 3), ({"layout": None}, {"layout": None}, 1)])
+    ({}, {}, 3), ({"layout": None}, {"layout": None}, 1), ({"bias": 3}, {}, 1)])
 def test_conv_pool_fusion_only_where_it_applies(conv_options, pool_options, channels):
+    """Anything else runs unfused, including arguments the layers refuse (a bias of the wrong
+    shape), so that the layers raise their own errors."""
+    conv_options = dict(conv_options)
+    bias = jnp.zeros(conv_options.pop("bias", 4))
     conv_layer = layers.Conv(4, 3, **{"layout": "NHWC", **conv_options})
     pool_layer = layers.Pool(2, **{"layout": "NHWC", **pool_options})
     x = jnp.zeros((1, 8, 8, channels)) if conv_options.get("layout", "NHWC") else jnp.zeros(
         (1, channels, 8, 8))
-    params = {"weight": jnp.zeros((4, channels, 3, 3)), "bias": jnp.zeros(4)}
+    params = {"weight": jnp.zeros((4, channels, 3, 3)), "bias": bias}
     assert layers._fusible_pool_window(conv_layer, pool_layer, x, params) is None
+    if bias.shape != (4,):
+        net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
+        with pytest.raises(ValueError, match="bias of shape"):
+            net.apply({"conv": params}, x)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
