@@ -229,7 +229,8 @@ _conv2d_nhwc.defvjp(_conv2d_nhwc_fwd, _conv2d_nhwc_bwd)
 def _conv_pool(x, weight, bias, window, padding, activation):
     """``pool(activation(conv(x, weight, bias, padding)), window)`` with a max pool of
     non-overlapping windows (stride = window, no padding, 'valid'), for channels-last 2-D data
-    ``x`` (N, H, W, C) and a stride-1 convolution: returns (N, Ho // ph, Wo // pw, O).
+    ``x`` (N, H, W, C), a stride-1 convolution and ``bias`` (O,) or None: returns
+    (N, Ho // ph, Wo // pw, O).
 
     It runs as one convolution over space-to-depth blocks: x cut into (ph, pw) blocks of
     ph*pw*C channels, and a weight that computes all ph*pw positions of a pooling window as
@@ -253,7 +254,8 @@ def _conv_pool(x, weight, bias, window, padding, activation):
     blocks = blocks.reshape(n, rows // ph, cols // pw, ph * pw * channels)
     block_weight = jnp.einsum("uvabcdpq,ozuv->pqocdzab", jnp.asarray(place, weight.dtype), weight)
     block_weight = block_weight.reshape(ph * pw * out_channels, ph * pw * channels, bh, bw)
-    y = conv(blocks, block_weight, jnp.tile(bias, ph * pw), layout="NHWC")
+    y = conv(blocks, block_weight, None if bias is None else jnp.tile(bias, ph * pw),
+             layout="NHWC")
     # Channels ordered (row in window, column in window, filter): the window's positions in
     # row-major order, so the first maximum is MXNet's. The batch axis stays an axis of its own,
     # so that a batch split over devices stays split.
@@ -503,26 +505,25 @@ def serial(*named_layers: tuple[str, Layer]) -> Layer:
         while i < len(named_layers):
             name, layer = named_layers[i]
             layer_params = params.get(name, {})
-            window = (_fusible_pool_window(layer, named_layers[i + 1][1], x, layer_params)
-                      if i + 1 < len(named_layers) else None)
-            if window is None:
+            fused = (_fusible_pool(layer, named_layers[i + 1][1], x, layer_params)
+                     if i + 1 < len(named_layers) else None)
+            if fused is None:
                 x = layer.apply(layer_params, x)
                 i += 1
                 continue
-            options = layer.spec[1]
-            weight = layer_params["weight"]
-            bias = layer_params.get("bias", jnp.zeros(weight.shape[:1], weight.dtype))
-            padding = _checks.as_tuple("pad", options["padding"], 2, default=0)
-            x = _conv_pool(x, weight, bias, window, padding, options["activation"])
+            window, padding = fused
+            x = _conv_pool(x, layer_params["weight"], layer_params.get("bias"), window, padding,
+                           layer.spec[1]["activation"])
             i += 2
         return x
 
     return Layer(init, apply)
 
 
-def _fusible_pool_window(layer, following, x, params) -> tuple[int, int] | None:
-    """The window of ``following``, a max pool that ``_conv_pool`` can run fused with the
-    convolution ``layer`` on ``x``, or None: channels-last 2-D, a stride-1 ungrouped convolution,
+def _fusible_pool(layer, following, x, params):
+    """(pool window, convolution padding) where ``following`` is a max pool that ``_conv_pool``
+    can run fused with the convolution ``layer`` on ``x``, else None: channels-last 2-D, a
+    stride-1 ungrouped convolution,
     non-overlapping unpadded 'valid' windows, and few channels after space-to-depth (the blocks'
     extra arithmetic must cost less than it saves: LeNet's 20-channel second convolution runs
     slower fused). Anything else, arguments the layers would refuse included, runs unfused, and
@@ -557,4 +558,4 @@ def _fusible_pool_window(layer, following, x, params) -> tuple[int, int] | None:
                     in zip(x.shape[1:3], padding, weight.shape[2:], window)))
     except (TypeError, ValueError):
         return None
-    return window if fusible else None
+    return (window, padding) if fusible else None

@@ -168,7 +168,7 @@ def test_conv_pool_fusion_equals_the_layers_one_by_one(activation, channels, ker
     params = {"conv": {"weight": jnp.asarray(RNG.integers(-1, 2, (3, channels) + kernel)
                                              .astype(np.float64)),
                        "bias": jnp.asarray([0.0, 1.0, -1.0])}}
-    assert layers._fusible_pool_window(conv_layer, pool_layer, x, params["conv"]) is not None
+    assert layers._fusible_pool(conv_layer, pool_layer, x, params["conv"]) is not None
 
     def one_by_one(params, x):
         return pool_layer.apply({}, conv_layer.apply(params["conv"], x))
@@ -182,6 +182,18 @@ def test_conv_pool_fusion_equals_the_layers_one_by_one(activation, channels, ker
     for got, want in zip(jax.tree_util.tree_leaves(vjp_fused(ct)),
                          jax.tree_util.tree_leaves(vjp_plain(ct))):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_pool_fusion_without_bias():
+    conv_layer = layers.Conv(3, 3, use_bias=False, activation="relu", layout="NHWC")
+    pool_layer = layers.Pool(2, layout="NHWC")
+    net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
+    x = jnp.asarray(RNG.standard_normal((2, 9, 9, 1)))
+    params = {"conv": {"weight": jnp.asarray(RNG.standard_normal((3, 1, 3, 3)))}}
+    assert layers._fusible_pool(conv_layer, pool_layer, x, params["conv"]) is not None
+    np.testing.assert_allclose(net.apply(params, x),
+                               pool_layer.apply({}, conv_layer.apply(params["conv"], x)),
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("conv_options,pool_options,channels", [
@@ -198,7 +210,7 @@ def test_conv_pool_fusion_only_where_it_applies(conv_options, pool_options, chan
     x = jnp.zeros((1, 8, 8, channels)) if conv_options.get("layout", "NHWC") else jnp.zeros(
         (1, channels, 8, 8))
     params = {"weight": jnp.zeros((4, channels, 3, 3)), "bias": bias}
-    assert layers._fusible_pool_window(conv_layer, pool_layer, x, params) is None
+    assert layers._fusible_pool(conv_layer, pool_layer, x, params) is None
     if bias.shape != (4,):
         net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
         with pytest.raises(ValueError, match="bias of shape"):
