@@ -523,11 +523,10 @@ def serial(*named_layers: tuple[str, Layer]) -> Layer:
 def _fusible_pool(layer, following, x, params):
     """(pool window, convolution padding) where ``following`` is a max pool that ``_conv_pool``
     can run fused with the convolution ``layer`` on ``x``, else None: channels-last 2-D, a
-    stride-1 ungrouped convolution,
-    non-overlapping unpadded 'valid' windows, and few channels after space-to-depth (the blocks'
-    extra arithmetic must cost less than it saves: LeNet's 20-channel second convolution runs
-    slower fused). Anything else, arguments the layers would refuse included, runs unfused, and
-    the layers raise their own errors."""
+    stride-1 ungrouped convolution, non-overlapping unpadded 'valid' windows, and few channels
+    after space-to-depth (the blocks' extra arithmetic must cost less than it saves: LeNet's
+    20-channel second convolution runs slower fused). Anything else, arguments the layers would
+    refuse included, runs unfused, and the layers raise their own errors."""
     if (layer.spec is None or following.spec is None or layer.spec[0] != "conv"
             or following.spec[0] != "pool" or jnp.ndim(x) != 4):
         return None
