@@ -1,10 +1,17 @@
-"""Writing files so that a crash never leaves a partial one."""
+"""Where jaxlenet keeps files, and writing them so that a crash never leaves a partial one."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import tempfile
+
+
+def user_cache() -> pathlib.Path:
+    """jaxlenet's directory in the user cache: ``$XDG_CACHE_HOME/jaxlenet``, default
+    ``~/.cache/jaxlenet``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "jaxlenet"
 
 
 def atomic_write(target, data: bytes) -> None:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlenet._files import atomic_write
+from jaxlenet._files import atomic_write, user_cache
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -107,8 +107,7 @@ def sha256(payload: bytes) -> str:
 
 
 def cache_dir() -> pathlib.Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "jaxlenet" / "fashion-mnist"
+    return user_cache() / "fashion-mnist"
 
 
 def search_path(data_dir=None) -> list[pathlib.Path]:

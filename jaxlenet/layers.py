@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxlenet import _checks, initializers
+from jaxlenet import _checks, cpu_kernels, initializers
 from jaxlenet.pooling import pool
 
 __all__ = [
@@ -192,12 +192,18 @@ def _conv2d_nhwc_weight_grad(x, dy, kernel, padding):
                              for j in range(kw)])  # (kh*kw, C, N, Ho, Wo)
         dw = jnp.matmul(patches.reshape(kh * kw * channels, rows), dy.reshape(rows, out_channels))
         return jnp.transpose(dw.reshape(kh, kw, channels, out_channels), (3, 2, 0, 1))
-    patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
-                        axis=3)  # (N, Ho, Wo, kh*kw, C)
-    # dy^T @ patches rather than patches^T @ dy: the same Eigen matmul with the (O, kh*kw*C)
-    # result, ~5% faster in LeNet's training step (26.9-28.3 -> 25.8-26.7 ms).
-    dw = jnp.matmul(dy.reshape(rows, out_channels).T, patches.reshape(rows, -1))
-    return jnp.transpose(dw.reshape(out_channels, kh, kw, channels), (0, 3, 1, 2))
+
+    def from_patches(xp, dy):
+        patches = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
+                            axis=3)  # (N, Ho, Wo, kh*kw, C)
+        # dy^T @ patches rather than patches^T @ dy: the same Eigen matmul with the (O, kh*kw*C)
+        # result, ~5% faster in LeNet's training step (26.9-28.3 -> 25.8-26.7 ms).
+        dw = jnp.matmul(dy.reshape(rows, out_channels).T, patches.reshape(rows, -1))
+        return jnp.transpose(dw.reshape(out_channels, kh, kw, channels), (0, 3, 1, 2))
+
+    # On the CPU, a kernel of our own that never writes the patches out (LeNet's training step
+    # 24.3-26.0 -> 19.0-19.3 ms).
+    return cpu_kernels.conv_weight_grad(xp, dy, kernel, from_patches)
 
 
 _FEW_CHANNELS = 8

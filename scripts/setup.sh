@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up jaxlenet on a fresh machine: Debian's Fashion-MNIST package (when apt is there and we may
-# use it; otherwise the files are downloaded on first use), a virtualenv in .venv, and the project
-# with its test extras. Safe to run again.
+# use it; otherwise the files are downloaded on first use), a virtualenv in .venv, the project
+# with its test extras, and its C++ CPU kernels (built now rather than on first use; where they
+# cannot be built, jaxlenet runs without them). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/python -m jaxlenet.cpu_kernels >/dev/null \
+  || echo "setup: jaxlenet's CPU kernels did not build; it will run XLA's slower formulation" >&2

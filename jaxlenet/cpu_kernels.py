@@ -1,0 +1,101 @@
+"""jaxlenet's hand-written CPU kernels (``cpu_kernels.cc``), called from XLA through its FFI.
+
+Where XLA:CPU runs part of a training step far below the machine's speed and a short C++ loop
+does much better (docs/performance.md), the loop runs instead: on the CPU, for float32. Everywhere
+else (a GPU, float64, no kernels) the XLA formulation runs, which the tests compare the kernels
+with. The source is compiled on first use, or by ``python -m jaxlenet.cpu_kernels`` (which
+``scripts/setup.sh`` runs), into the user cache, keyed by the source and the jaxlib version. It
+needs a C++ compiler (``$CXX``, ``g++`` or ``c++``) and an x86-64 CPU with AVX-512; without them
+jaxlenet warns once and runs XLA's formulation. ``JAXLENET_CPU_KERNELS=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+from jax import lax
+
+from jaxlenet._files import user_cache
+
+_SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
+_WEIGHT_GRAD = "jaxlenet_conv_weight_grad"
+
+
+def conv_weight_grad(x, dy, kernel, fallback):
+    """The weight gradient (O, C, kh, kw) of a stride-1 convolution of ``x`` (N, H, W, C), padded
+    already, with a ``kernel`` (kh, kw), given its output's cotangent ``dy`` (N, H-kh+1, W-kw+1,
+    O): the C++ kernel on the CPU; ``fallback(x, dy)`` on other platforms, for other dtypes, or
+    when the kernels are unavailable."""
+    if x.dtype != jnp.float32 or dy.dtype != jnp.float32 or not available():
+        return fallback(x, dy)
+
+    def on_cpu(x, dy):
+        shape = jax.ShapeDtypeStruct((dy.shape[-1], *kernel, x.shape[-1]), jnp.float32)
+        dw = jax.ffi.ffi_call(_WEIGHT_GRAD, shape, vmap_method="sequential")(x, dy)
+        return jnp.transpose(dw, (0, 3, 1, 2))
+
+    return lax.platform_dependent(x, dy, cpu=on_cpu, default=fallback)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernels are built, this CPU runs them, and XLA knows them (built and registered
+    now if need be)."""
+    if (os.environ.get("JAXLENET_CPU_KERNELS", "1") == "0"
+            or platform.machine().lower() not in ("x86_64", "amd64")):
+        return False
+    try:
+        library = ctypes.CDLL(str(build()))
+    except OSError as error:
+        warnings.warn(f"jaxlenet runs XLA's slower formulation of the convolution's weight "
+                      f"gradient: its CPU kernels did not build or load ({error})", stacklevel=2)
+        return False
+    if not library.cpu_kernels_supported():
+        return False
+    jax.ffi.register_ffi_target(_WEIGHT_GRAD, jax.ffi.pycapsule(library.JaxlenetConvWeightGrad),
+                                platform="cpu")
+    return True
+
+
+def build() -> pathlib.Path:
+    """Compiles ``cpu_kernels.cc`` into the user cache unless it is there already; returns the
+    shared library's path. Raises OSError (the compiler's message in it) if it cannot."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
+    library = user_cache() / "kernels" / f"cpu_kernels-{key}.so"
+    if library.exists():
+        return library
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise OSError("no C++ compiler: set $CXX or install g++")
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside its final name and renamed into place: a process that finds the library finds
+    # it whole, also while another one is building it.
+    fd, partial = tempfile.mkstemp(dir=library.parent, prefix=library.name + ".", suffix=".part")
+    os.close(fd)
+    command = [compiler, "-O3", "-mavx512f", "-mfma", "-std=c++17", "-shared", "-fPIC",
+               "-pthread", "-w", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", partial]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, library)
+    finally:
+        pathlib.Path(partial).unlink(missing_ok=True)
+    return library
+
+
+if __name__ == "__main__":
+    print(build())

@@ -1,0 +1,98 @@
+"""The C++ CPU kernels against the XLA formulations they replace, and their build."""
+
+import os
+import platform
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxlenet import cpu_kernels, layers
+
+
+def _can_run_kernels():
+    if platform.machine().lower() not in ("x86_64", "amd64") or not shutil.which("g++"):
+        return False
+    with open("/proc/cpuinfo") as f:
+        return "avx512f" in f.read()
+
+
+# Where they can run, they must: a broken build would otherwise pass as the slow path.
+needs_kernels = pytest.mark.skipif(not _can_run_kernels(),
+                                   reason="needs x86-64 with AVX-512 and g++")
+
+
+@needs_kernels
+def test_kernels_build_and_register():
+    assert os.environ.get("JAXLENET_CPU_KERNELS", "1") != "0"
+    assert cpu_kernels.available()
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,size,channels,filters,kernel,pad", [
+    (256, (12, 12), 20, 50, (3, 3), (0, 0)),  # LeNet's second convolution
+    (3, (7, 9), 9, 7, (3, 2), (1, 2)),        # filters not a multiple of 5, padding
+    (2, (6, 5), 30, 1, (3, 3), (0, 1)),       # a kernel row of 90 floats: two chunks
+    (1, (4, 4), 16, 11, (4, 4), (0, 0)),      # one output position
+    (5, (5, 8), 9, 6, (1, 1), (2, 0)),
+])
+def test_weight_gradient_kernel_equals_the_im2col_matmul(n, size, channels, filters, kernel,
+                                                         pad):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((n,) + size + (channels,)), jnp.float32)
+    out = tuple(s + 2 * p - k + 1 for s, p, k in zip(size, pad, kernel))
+    dy = jnp.asarray(rng.standard_normal((n,) + out + (filters,)), jnp.float32)
+    grad = jax.jit(lambda x, dy: layers._conv2d_nhwc_weight_grad(x, dy, kernel, pad))
+    assert "jaxlenet_conv_weight_grad" in grad.lower(x, dy).as_text()
+    got = grad(x, dy)
+    # The exact gradient in float64, by autodiff of XLA's own convolution.
+    w = jnp.zeros((filters, channels) + kernel, jnp.float64)
+    _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
+        x.astype(jnp.float64), jnp.transpose(w, (2, 3, 1, 0)), (1, 1), [(p, p) for p in pad],
+        dimension_numbers=("NHWC", "HWIO", "NHWC")), w)
+    want = vjp(dy.astype(jnp.float64))[0]
+    assert got.dtype == jnp.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+
+
+@needs_kernels
+def test_weight_gradient_kernel_under_vmap():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((3, 2, 6, 6, 10)), jnp.float32)
+    dy = jnp.asarray(rng.standard_normal((3, 2, 4, 4, 5)), jnp.float32)
+    got = jax.vmap(lambda x, dy: layers._conv2d_nhwc_weight_grad(x, dy, (3, 3), (0, 0)))(x, dy)
+    for k in range(3):
+        want = layers._conv2d_nhwc_weight_grad(x[k].astype(jnp.float64),
+                                               dy[k].astype(jnp.float64), (3, 3), (0, 0))
+        np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-5)
+
+
+def test_float64_runs_the_xla_formulation():
+    x = jnp.ones((1, 5, 5, 10), jnp.float64)
+    dy = jnp.ones((1, 3, 3, 4), jnp.float64)
+    text = jax.jit(lambda x, dy: layers._conv2d_nhwc_weight_grad(x, dy, (3, 3), (0, 0))).lower(
+        x, dy).as_text()
+    assert "jaxlenet_conv_weight_grad" not in text
+
+
+def test_build_failure_names_the_compiler_and_its_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'no such header: ffi.h' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    with pytest.raises(OSError, match="broken-c\\+\\+.*no such header: ffi.h"):
+        cpu_kernels.build()
+    assert list((tmp_path / "jaxlenet" / "kernels").iterdir()) == []  # no partial library left
+
+
+@needs_kernels
+def test_build_is_cached_by_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = cpu_kernels.build()
+    assert first.parent == tmp_path / "jaxlenet" / "kernels" and first.stat().st_size > 0
+    mtime = first.stat().st_mtime_ns
+    assert cpu_kernels.build() == first and first.stat().st_mtime_ns == mtime
