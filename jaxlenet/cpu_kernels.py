@@ -30,23 +30,45 @@ from jax import lax
 from jaxlenet._files import user_cache
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
-_WEIGHT_GRAD = "jaxlenet_conv_weight_grad"
+_PARAM_GRADS = "jaxlenet_conv_param_grads"
+_FORWARD = "jaxlenet_conv_forward"
 
 
-def conv_weight_grad(x, dy, kernel, fallback):
-    """The weight gradient (O, C, kh, kw) of a stride-1 convolution of ``x`` (N, H, W, C), padded
-    already, with a ``kernel`` (kh, kw), given its output's cotangent ``dy`` (N, H-kh+1, W-kw+1,
-    O): the C++ kernel on the CPU; ``fallback(x, dy)`` on other platforms, for other dtypes, or
-    when the kernels are unavailable."""
+def conv_param_grads(x, dy, kernel, fallback):
+    """The gradients with respect to the weight (O, C, kh, kw) and the bias (O,) of a stride-1
+    convolution of ``x`` (N, H, W, C), padded already, with a ``kernel`` (kh, kw), given its
+    output's cotangent ``dy`` (N, H-kh+1, W-kw+1, O): by the C++ kernel on the CPU;
+    ``fallback(x, dy)`` on other platforms, for other dtypes, or when the kernels are
+    unavailable."""
     if x.dtype != jnp.float32 or dy.dtype != jnp.float32 or not available():
         return fallback(x, dy)
 
     def on_cpu(x, dy):
-        shape = jax.ShapeDtypeStruct((dy.shape[-1], *kernel, x.shape[-1]), jnp.float32)
-        dw = jax.ffi.ffi_call(_WEIGHT_GRAD, shape, vmap_method="sequential")(x, dy)
-        return jnp.transpose(dw, (0, 3, 1, 2))
+        out_channels = dy.shape[-1]
+        shapes = (jax.ShapeDtypeStruct((out_channels, *kernel, x.shape[-1]), jnp.float32),
+                  jax.ShapeDtypeStruct((out_channels,), jnp.float32))
+        dw, db = jax.ffi.ffi_call(_PARAM_GRADS, shapes, vmap_method="sequential")(x, dy)
+        return jnp.transpose(dw, (0, 3, 1, 2)), db
 
     return lax.platform_dependent(x, dy, cpu=on_cpu, default=fallback)
+
+
+def conv_forward(x, weight, bias, fallback):
+    """A stride-1 convolution of ``x`` (N, H, W, C), padded already, with ``weight`` (O, C, kh,
+    kw) and ``bias`` (O,): (N, H-kh+1, W-kw+1, O) by the C++ kernel on the CPU;
+    ``fallback(x, weight, bias)`` on other platforms, for other dtypes, or when the kernels are
+    unavailable."""
+    if any(a.dtype != jnp.float32 for a in (x, weight, bias)) or not available():
+        return fallback(x, weight, bias)
+
+    def on_cpu(x, weight, bias):
+        out_channels, _, kh, kw = weight.shape
+        shape = jax.ShapeDtypeStruct((x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1,
+                                      out_channels), jnp.float32)
+        return jax.ffi.ffi_call(_FORWARD, shape, vmap_method="sequential")(
+            x, jnp.transpose(weight, (2, 3, 1, 0)), bias)
+
+    return lax.platform_dependent(x, weight, bias, cpu=on_cpu, default=fallback)
 
 
 @functools.cache
@@ -59,13 +81,14 @@ def available() -> bool:
     try:
         library = ctypes.CDLL(str(build()))
     except OSError as error:
-        warnings.warn(f"jaxlenet runs XLA's slower formulation of the convolution's weight "
-                      f"gradient: its CPU kernels did not build or load ({error})", stacklevel=2)
+        warnings.warn(f"jaxlenet runs XLA's slower formulations of some convolutions: its CPU "
+                      f"kernels did not build or load ({error})", stacklevel=2)
         return False
     if not library.cpu_kernels_supported():
         return False
-    jax.ffi.register_ffi_target(_WEIGHT_GRAD, jax.ffi.pycapsule(library.JaxlenetConvWeightGrad),
-                                platform="cpu")
+    for name, handler in ((_PARAM_GRADS, library.JaxlenetConvParamGrads),
+                          (_FORWARD, library.JaxlenetConvForward)):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 

@@ -31,51 +31,90 @@ def test_kernels_build_and_register():
     assert cpu_kernels.available()
 
 
-@needs_kernels
-@pytest.mark.parametrize("n,size,channels,filters,kernel,pad", [
+def _exact_conv(x, w, b, pad):
+    """XLA's own convolution in float64, the reference for every kernel."""
+    return lax.conv_general_dilated(
+        x.astype(jnp.float64), jnp.transpose(w.astype(jnp.float64), (2, 3, 1, 0)), (1, 1),
+        [(p, p) for p in pad], dimension_numbers=("NHWC", "HWIO", "NHWC")) + b[None, None, None]
+
+
+SHAPES = [  # n, (h, w), channels, filters, kernel, padding
     (256, (12, 12), 20, 50, (3, 3), (0, 0)),  # LeNet's second convolution
+    (256, (14, 14), 4, 80, (3, 3), (0, 0)),   # LeNet's first, as 2x2 blocks: by kernel taps
     (3, (7, 9), 9, 7, (3, 2), (1, 2)),        # filters not a multiple of 5, padding
     (2, (6, 5), 30, 1, (3, 3), (0, 1)),       # a kernel row of 90 floats: two chunks
     (1, (4, 4), 16, 11, (4, 4), (0, 0)),      # one output position
     (5, (5, 8), 9, 6, (1, 1), (2, 0)),
-])
-def test_weight_gradient_kernel_equals_the_im2col_matmul(n, size, channels, filters, kernel,
-                                                         pad):
+    (3, (9, 8), 1, 100, (5, 5), (1, 1)),      # one channel; 100 filters: two filter chunks
+    (2, (6, 7), 3, 17, (2, 3), (0, 0)),       # by taps, a filter register one lane full
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,size,channels,filters,kernel,pad", SHAPES)
+def test_parameter_gradient_kernel_equals_float64_autodiff(n, size, channels, filters, kernel,
+                                                           pad):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((n,) + size + (channels,)), jnp.float32)
     out = tuple(s + 2 * p - k + 1 for s, p, k in zip(size, pad, kernel))
     dy = jnp.asarray(rng.standard_normal((n,) + out + (filters,)), jnp.float32)
-    grad = jax.jit(lambda x, dy: layers._conv2d_nhwc_weight_grad(x, dy, kernel, pad))
-    assert "jaxlenet_conv_weight_grad" in grad.lower(x, dy).as_text()
-    got = grad(x, dy)
-    # The exact gradient in float64, by autodiff of XLA's own convolution.
+    grads = jax.jit(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, kernel, pad))
+    assert "jaxlenet_conv_param_grads" in grads.lower(x, dy).as_text()
+    dw, db = grads(x, dy)
     w = jnp.zeros((filters, channels) + kernel, jnp.float64)
-    _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
-        x.astype(jnp.float64), jnp.transpose(w, (2, 3, 1, 0)), (1, 1), [(p, p) for p in pad],
-        dimension_numbers=("NHWC", "HWIO", "NHWC")), w)
-    want = vjp(dy.astype(jnp.float64))[0]
-    assert got.dtype == jnp.float32 and got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+    b = jnp.zeros((filters,), jnp.float64)
+    _, vjp = jax.vjp(lambda w, b: _exact_conv(x, w, b, pad), w, b)
+    want_w, want_b = vjp(dy.astype(jnp.float64))
+    for got, want in ((dw, want_w), (db, want_b)):
+        assert got.dtype == jnp.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(want))))
 
 
 @needs_kernels
-def test_weight_gradient_kernel_under_vmap():
+@pytest.mark.parametrize("n,size,channels,filters,kernel,pad", SHAPES)
+def test_few_channel_forward_kernel_equals_float64_convolution(n, size, channels, filters, kernel,
+                                                               pad):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((n,) + size + (channels,)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((filters, channels) + kernel), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(filters), jnp.float32)
+    forward = jax.jit(lambda x, w, b: layers.conv(x, w, b, padding=pad, layout="NHWC"))
+    uses_kernel = "jaxlenet_conv_forward" in forward.lower(x, w, b).as_text()
+    # Only few-channel convolutions that skip the row matmul (which has no custom VJP) take it.
+    assert uses_kernel == (channels <= layers._FEW_CHANNELS and filters >= 17)
+    want = _exact_conv(x, w, b, pad)
+    np.testing.assert_allclose(forward(x, w, b), want, rtol=0,
+                               atol=2e-6 * float(jnp.max(jnp.abs(want))))
+
+
+@needs_kernels
+def test_kernels_under_vmap():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((3, 2, 6, 6, 10)), jnp.float32)
     dy = jnp.asarray(rng.standard_normal((3, 2, 4, 4, 5)), jnp.float32)
-    got = jax.vmap(lambda x, dy: layers._conv2d_nhwc_weight_grad(x, dy, (3, 3), (0, 0)))(x, dy)
+    w = jnp.asarray(rng.standard_normal((3, 20, 2, 3, 3)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((3, 20)), jnp.float32)
+    few = x[..., :2]
+    dw, db = jax.vmap(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, (3, 3), (0, 0)))(x, dy)
+    y = jax.vmap(lambda x, w, b: layers.conv(x, w, b, layout="NHWC"))(few, w, b)
     for k in range(3):
-        want = layers._conv2d_nhwc_weight_grad(x[k].astype(jnp.float64),
-                                               dy[k].astype(jnp.float64), (3, 3), (0, 0))
-        np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-5)
+        want_w, want_b = layers._conv2d_nhwc_param_grads(
+            x[k].astype(jnp.float64), dy[k].astype(jnp.float64), (3, 3), (0, 0))
+        np.testing.assert_allclose(dw[k], want_w, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(db[k], want_b, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(y[k], _exact_conv(few[k], w[k], b[k], (0, 0)), rtol=0,
+                                   atol=1e-5)
 
 
-def test_float64_runs_the_xla_formulation():
+def test_float64_runs_the_xla_formulations():
     x = jnp.ones((1, 5, 5, 10), jnp.float64)
     dy = jnp.ones((1, 3, 3, 4), jnp.float64)
-    text = jax.jit(lambda x, dy: layers._conv2d_nhwc_weight_grad(x, dy, (3, 3), (0, 0))).lower(
+    text = jax.jit(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, (3, 3), (0, 0))).lower(
         x, dy).as_text()
-    assert "jaxlenet_conv_weight_grad" not in text
+    assert "jaxlenet_conv_param_grads" not in text
+    w = jnp.ones((20, 2, 3, 3), jnp.float64)
+    text = jax.jit(lambda x: layers.conv(x, w, layout="NHWC")).lower(x[..., :2]).as_text()
+    assert "jaxlenet_conv_forward" not in text
 
 
 def test_build_failure_names_the_compiler_and_its_message(tmp_path, monkeypatch):
