@@ -133,34 +133,38 @@ void WeightGradImages(const Shape& s, const float* x, const float* dy, float* ac
   }
 }
 
-// Runs body(begin, end, worker) over [0, items) in chunks, on the calling thread and on tasks on
-// XLA's intra-op thread pool; worker numbers the threads that took part, from 0 to the pool's
-// size. The caller claims chunks too, so the work gets done even when every pool thread is busy:
-// a task that starts late finds nothing left, and touches nothing but the counters, which live as
-// long as the last task that holds them.
+// Runs body(begin, end, chunk) over [0, items) cut into `chunks` equal chunks (the last one
+// shorter), on the calling thread and on tasks on XLA's intra-op thread pool. The caller claims
+// chunks too, so the work gets done even when every pool thread is busy: a task that starts late
+// finds nothing left, and touches nothing but the counters, which live as long as the last task
+// that holds them. Results kept per chunk and combined in chunk order are the same whichever
+// thread ran which chunk.
 struct Counters {
   std::atomic<int64_t> next{0}, done{0};
-  std::atomic<int> workers{0};
 };
 
 template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t items, const Body& body) {
-  const int64_t helpers = std::max<int64_t>(pool.num_threads(), 0);
-  // A few chunks per thread, so that one that starts late still takes a share.
-  const int64_t size = std::max<int64_t>(1, (items + 4 * (helpers + 1) - 1) / (4 * (helpers + 1)));
-  const int64_t chunks = (items + size - 1) / size;
+void ParallelFor(ffi::ThreadPool& pool, int64_t items, int64_t chunks, const Body& body) {
+  if (items <= 0) return;
+  const int64_t size = (items + chunks - 1) / chunks;
+  chunks = (items + size - 1) / size;
   auto counters = std::make_shared<Counters>();
   auto work = [counters, chunks, size, items, &body] {
-    const int worker = counters->workers.fetch_add(1);
     for (int64_t chunk; (chunk = counters->next.fetch_add(1)) < chunks;) {
-      body(chunk * size, std::min(items, (chunk + 1) * size), worker);
+      body(chunk * size, std::min(items, (chunk + 1) * size), chunk);
       counters->done.fetch_add(1, std::memory_order_release);
     }
   };
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
+  for (int64_t t = 0; t < std::min<int64_t>(pool.num_threads(), chunks - 1); ++t) {
+    pool.Schedule([work] { work(); });
+  }
   work();
   while (counters->done.load(std::memory_order_acquire) < chunks) _mm_pause();
 }
+
+// Chunks of images: a fixed number, so that sums do not depend on the machine's thread count,
+// and enough that a thread which starts late still takes a share.
+constexpr int64_t kImageChunks = 16;
 
 // Few channels (a network's first layer): kernel rows too short to fill registers, so the
 // registers hold 16 filters each instead, for TB kernel taps (i, j, c) at a time, and every value
@@ -264,12 +268,12 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   }
   const int64_t size = s.o * s.kh * s.row();
   const bool by_taps = s.row() < kShortRow;
-  // Per worker: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
+  // Per chunk: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
   // bias gradient (O).
-  std::vector<std::vector<float>> partial(pool.num_threads() + 1,
+  std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
                                           std::vector<float>(size + s.o, 0.0f));
-  ParallelFor(pool, s.n, [&](int64_t n0, int64_t n1, int worker) {
-    float* sum = partial[worker].data();
+  ParallelFor(pool, s.n, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
+    float* sum = partial[chunk].data();
     if (by_taps) {
       TapWeightGradImages(s, x.typed_data(), dy.typed_data(), sum, n0, n1);
     } else {
@@ -383,7 +387,7 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
         "conv forward: expected x (N, H, W, C), wt (KH, KW, C, O), b (O) and "
         "y (N, H-KH+1, W-KW+1, O)");
   }
-  ParallelFor(pool, s.n, [&](int64_t n0, int64_t n1, int) {
+  ParallelFor(pool, s.n, std::min(s.n, kImageChunks), [&](int64_t n0, int64_t n1, int64_t) {
     ForwardImages(s, x.typed_data(), wt.typed_data(), b.typed_data(), y->typed_data(), n0, n1);
   });
   return ffi::Error::Success();

@@ -106,6 +106,21 @@ def test_kernels_under_vmap():
                                    atol=1e-5)
 
 
+@needs_kernels
+def test_kernels_are_deterministic_and_take_empty_batches():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((256, 12, 12, 20)), jnp.float32)
+    dy = jnp.asarray(rng.standard_normal((256, 10, 10, 50)), jnp.float32)
+    grads = jax.jit(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, (3, 3), (0, 0)))
+    first = grads(x, dy)
+    for _ in range(3):  # whichever thread sums which images, the same bits
+        assert all(np.array_equal(a, b) for a, b in zip(first, grads(x, dy)))
+    dw, db = grads(x[:0], dy[:0])
+    assert not np.any(dw) and not np.any(db)
+    w = jnp.ones((20, 2, 3, 3), jnp.float32)
+    assert layers.conv(x[:0, :, :, :2], w, layout="NHWC").shape == (0, 10, 10, 20)
+
+
 def test_float64_runs_the_xla_formulations():
     x = jnp.ones((1, 5, 5, 10), jnp.float64)
     dy = jnp.ones((1, 3, 3, 4), jnp.float64)
