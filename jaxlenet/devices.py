@@ -104,9 +104,25 @@ def to_host(tree):
     return jax.tree_util.tree_map(get, tree)
 
 
-def batch_sharder(mesh: Mesh | None, batch_size: int | None = None):
-    """Constrains batch arrays to be split along the mesh's 'data' axis (identity without one)."""
+def summed_over_batch_shards(fn, mesh: Mesh | None, batch_size: int | None = None):
+    """``fn(params, *batch)`` (batch arrays split along their first axis) as each device's sum
+    over its share of the batch, added up over the mesh's 'data' axis: ``fn`` must return sums
+    over examples. ``fn`` itself without a mesh of several devices, or when ``batch_size`` does
+    not divide evenly over them.
+
+    Each device runs ``fn`` as a program of its own (``shard_map``) rather than leaving XLA to
+    partition one program: XLA cannot split jaxlenet's CPU kernels (custom calls), and would
+    gather the whole batch onto every device to run them."""
     if mesh is None or mesh.size == 1 or (batch_size is not None and batch_size % mesh.size):
-        return lambda *arrays: arrays
-    split = NamedSharding(mesh, PartitionSpec("data"))
-    return lambda *arrays: tuple(lax.with_sharding_constraint(a, split) for a in arrays)
+        return fn
+
+    def per_device(params, *batch):
+        return lax.psum(fn(params, *batch), "data")
+
+    def summed(params, *batch):
+        # check_vma=False: JAX cannot tell that a custom call's result varies over the devices
+        # as its inputs do, and would refuse the kernels' branch of lax.platform_dependent.
+        return jax.shard_map(per_device, mesh=mesh,
+                             in_specs=(PartitionSpec(),) + (PartitionSpec("data"),) * len(batch),
+                             out_specs=PartitionSpec(), check_vma=False)(params, *batch)
+    return summed

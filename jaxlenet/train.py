@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from jaxlenet import checkpoint, data, devices, models
 from jaxlenet._files import atomic_write
-from jaxlenet.devices import batch_sharder, make_mesh, replicate, shard_examples, to_host
+from jaxlenet.devices import make_mesh, replicate, shard_examples, summed_over_batch_shards, to_host
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -120,14 +120,16 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
     train accuracy)`` (both accumulated during the epoch, as the tutorial does) over uint8 images
     (N, 28, 28) and int labels (N,) already on the device(s), shuffled by ``key``: one compiled
     call (a ``lax.scan`` over batches), one host sync. With a ``mesh`` (``devices.make_mesh``),
-    each batch is split over its 'data' axis and the parameters are replicated; XLA sums the
-    gradients across devices. ``progress(done, total)`` is called from inside the scan every few
-    batches, if given."""
-    shard = batch_sharder(mesh)
-
+    each batch is split over its 'data' axis, the parameters are replicated, and each device's
+    gradients are summed across devices. ``progress(done, total)`` is called from inside the scan
+    every few batches, if given."""
     def loss_fn(params, x, y, valid):
         loss_sum, correct = _masked_totals(model.apply(params, x), y, valid)
         return loss_sum / batch_size, (loss_sum, correct)
+
+    # Every output is a sum over the batch's examples (the loss divided by the whole batch's
+    # size), so each device's share adds up to the batch's.
+    loss_and_grads = summed_over_batch_shards(jax.value_and_grad(loss_fn, has_aux=True), mesh)
 
     def epoch(params, opt_state, images, labels, key):
         num_examples = images.shape[0]
@@ -137,8 +139,8 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
         def step(carry, batch):
             params, opt_state = carry
             index, valid, i = batch
-            x, y, valid = shard(_to_images(images[index]), labels[index], valid)
-            (_, totals), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, valid)
+            (_, totals), grads = loss_and_grads(params, _to_images(images[index]), labels[index],
+                                                valid)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if progress is not None:
@@ -159,16 +161,17 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
     """A jitted ``evaluate(params, images, labels) -> (mean loss, accuracy)`` in which every
     example counts exactly once (a partial last batch is masked, not dropped); batches split over
     ``mesh`` like ``make_train_epoch``'s."""
-    shard = batch_sharder(mesh, batch_size)
+    totals = summed_over_batch_shards(
+        lambda params, x, y, valid: _masked_totals(model.apply(params, x), y, valid), mesh,
+        batch_size)
 
     def evaluate(params, images, labels):
         order, mask = data.batch_indices(None, images.shape[0], batch_size, shuffle=False)
 
-        def body(totals, batch):
+        def body(sums, batch):
             index, valid = batch
-            x, y, valid = shard(_to_images(images[index]), labels[index], valid)
-            loss_sum, correct = _masked_totals(model.apply(params, x), y, valid)
-            return (totals[0] + loss_sum, totals[1] + correct), None
+            loss_sum, correct = totals(params, _to_images(images[index]), labels[index], valid)
+            return (sums[0] + loss_sum, sums[1] + correct), None
 
         zero = jnp.zeros((), jnp.float32)
         (loss_sum, correct), _ = lax.scan(body, (zero, jnp.zeros((), jnp.int32)), (order, mask))
