@@ -37,12 +37,8 @@ _FORWARD = "jaxlenet_conv_forward"
 def conv_param_grads(x, dy, kernel, fallback):
     """The gradients with respect to the weight (O, C, kh, kw) and the bias (O,) of a stride-1
     convolution of ``x`` (N, H, W, C), padded already, with a ``kernel`` (kh, kw), given its
-    output's cotangent ``dy`` (N, H-kh+1, W-kw+1, O): by the C++ kernel on the CPU;
-    ``fallback(x, dy)`` on other platforms, for other dtypes, or when the kernels are
-    unavailable."""
-    if x.dtype != jnp.float32 or dy.dtype != jnp.float32 or not available():
-        return fallback(x, dy)
-
+    output's cotangent ``dy`` (N, H-kh+1, W-kw+1, O): by the C++ kernel on the CPU,
+    ``fallback(x, dy)`` elsewhere (see ``_on_cpu``)."""
     def on_cpu(x, dy):
         out_channels = dy.shape[-1]
         shapes = (jax.ShapeDtypeStruct((out_channels, *kernel, x.shape[-1]), jnp.float32),
@@ -50,17 +46,13 @@ def conv_param_grads(x, dy, kernel, fallback):
         dw, db = jax.ffi.ffi_call(_PARAM_GRADS, shapes, vmap_method="sequential")(x, dy)
         return jnp.transpose(dw, (0, 3, 1, 2)), db
 
-    return lax.platform_dependent(x, dy, cpu=on_cpu, default=fallback)
+    return _on_cpu(on_cpu, fallback, x, dy)
 
 
 def conv_forward(x, weight, bias, fallback):
     """A stride-1 convolution of ``x`` (N, H, W, C), padded already, with ``weight`` (O, C, kh,
-    kw) and ``bias`` (O,): (N, H-kh+1, W-kw+1, O) by the C++ kernel on the CPU;
-    ``fallback(x, weight, bias)`` on other platforms, for other dtypes, or when the kernels are
-    unavailable."""
-    if any(a.dtype != jnp.float32 for a in (x, weight, bias)) or not available():
-        return fallback(x, weight, bias)
-
+    kw) and ``bias`` (O,): (N, H-kh+1, W-kw+1, O) by the C++ kernel on the CPU,
+    ``fallback(x, weight, bias)`` elsewhere (see ``_on_cpu``)."""
     def on_cpu(x, weight, bias):
         out_channels, _, kh, kw = weight.shape
         shape = jax.ShapeDtypeStruct((x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1,
@@ -68,7 +60,15 @@ def conv_forward(x, weight, bias, fallback):
         return jax.ffi.ffi_call(_FORWARD, shape, vmap_method="sequential")(
             x, jnp.transpose(weight, (2, 3, 1, 0)), bias)
 
-    return lax.platform_dependent(x, weight, bias, cpu=on_cpu, default=fallback)
+    return _on_cpu(on_cpu, fallback, x, weight, bias)
+
+
+def _on_cpu(kernel, fallback, *args):
+    """``kernel(*args)`` where the program runs on the CPU, ``fallback(*args)`` on other
+    platforms; ``fallback`` alone for arrays other than float32 or without the kernels."""
+    if any(jnp.result_type(a) != jnp.float32 for a in args) or not available():
+        return fallback(*args)
+    return lax.platform_dependent(*args, cpu=kernel, default=fallback)
 
 
 @functools.cache

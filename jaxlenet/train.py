@@ -129,7 +129,8 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
 
     # Every output is a sum over the batch's examples (the loss divided by the whole batch's
     # size), so each device's share adds up to the batch's.
-    loss_and_grads = summed_over_batch_shards(jax.value_and_grad(loss_fn, has_aux=True), mesh)
+    loss_and_grads = summed_over_batch_shards(jax.value_and_grad(loss_fn, has_aux=True), mesh,
+                                              batch_size)
 
     def epoch(params, opt_state, images, labels, key):
         num_examples = images.shape[0]
