@@ -253,6 +253,48 @@ void TapWeightGradImages(const Shape& s, const float* x, const float* dy, float*
   }
 }
 
+// The weight gradient (O, KH, KW*C) and bias gradient (O) into w_out and b_out, from x and the
+// cotangent of every image n, which dy_of_image(n, scratch) returns (scratch: a buffer it may
+// fill and point into).
+template <typename DyOfImage>
+void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x,
+                const DyOfImage& dy_of_image, float* w_out, float* b_out) {
+  const int64_t size = s.o * s.kh * s.row();
+  const bool by_taps = s.row() < kShortRow;
+  // Per chunk: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
+  // bias gradient (O).
+  std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
+                                          std::vector<float>(size + s.o, 0.0f));
+  ParallelFor(pool, s.n, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
+    float* sum = partial[chunk].data();
+    std::vector<float> scratch, image(s.o);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* xn = x + n * s.h * s.w * s.c;
+      const float* dyn = dy_of_image(n, scratch);
+      if (by_taps) {
+        TapWeightGradImages(s, xn, dyn, sum, 0, 1);
+      } else {
+        WeightGradImages(s, xn, dyn, sum, 0, 1);
+      }
+      // The bias gradient image by image: short float32 sums, added up, lose less than one
+      // long one.
+      std::fill(image.begin(), image.end(), 0.0f);
+      const float* d = dyn;
+      for (int64_t k = 0; k < s.ho() * s.wo(); ++k, d += s.o)
+        for (int64_t o = 0; o < s.o; ++o) image[o] += d[o];
+      for (int64_t o = 0; o < s.o; ++o) sum[size + o] += image[o];
+    }
+  });
+  std::fill(w_out, w_out + size, 0.0f);
+  std::fill(b_out, b_out + s.o, 0.0f);
+  const int64_t taps = s.kh * s.row();
+  for (const auto& sum : partial) {
+    for (int64_t k = 0; k < size; ++k)
+      w_out[k] += by_taps ? sum[(k % taps) * s.o + k / taps] : sum[k];
+    for (int64_t o = 0; o < s.o; ++o) b_out[o] += sum[size + o];
+  }
+}
+
 ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
   const auto xd = x.dimensions(), dd = dy.dimensions(), wd = dw->dimensions();
@@ -266,38 +308,56 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
         "conv parameter gradients: expected x (N, H, W, C), dy (N, H-KH+1, W-KW+1, O), "
         "dw (O, KH, KW, C) and db (O)");
   }
-  const int64_t size = s.o * s.kh * s.row();
-  const bool by_taps = s.row() < kShortRow;
-  // Per chunk: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
-  // bias gradient (O).
-  std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
-                                          std::vector<float>(size + s.o, 0.0f));
-  ParallelFor(pool, s.n, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
-    float* sum = partial[chunk].data();
-    if (by_taps) {
-      TapWeightGradImages(s, x.typed_data(), dy.typed_data(), sum, n0, n1);
-    } else {
-      WeightGradImages(s, x.typed_data(), dy.typed_data(), sum, n0, n1);
-    }
-    // The bias gradient image by image: short float32 sums, added up, lose less than one long one.
-    std::vector<float> image(s.o);
-    const float* d = dy.typed_data() + n0 * s.ho() * s.wo() * s.o;
-    for (int64_t n = n0; n < n1; ++n) {
-      std::fill(image.begin(), image.end(), 0.0f);
-      for (int64_t k = 0; k < s.ho() * s.wo(); ++k, d += s.o)
-        for (int64_t o = 0; o < s.o; ++o) image[o] += d[o];
-      for (int64_t o = 0; o < s.o; ++o) sum[size + o] += image[o];
-    }
-  });
-  float* w_out = dw->typed_data();
-  float* b_out = db->typed_data();
-  std::fill(w_out, w_out + size, 0.0f);
-  std::fill(b_out, b_out + s.o, 0.0f);
-  const int64_t taps = s.kh * s.row();
-  for (const auto& sum : partial) {
-    for (int64_t k = 0; k < size; ++k) w_out[k] += by_taps ? sum[(k % taps) * s.o + k / taps] : sum[k];
-    for (int64_t o = 0; o < s.o; ++o) b_out[o] += sum[size + o];
+  const float* dyp = dy.typed_data();
+  const int64_t image = s.ho() * s.wo() * s.o;
+  ParamGrads(pool, s, x.typed_data(),
+             [&](int64_t n, std::vector<float>&) { return dyp + n * image; },
+             dw->typed_data(), db->typed_data());
+  return ffi::Error::Success();
+}
+
+// The same for a convolution whose P*O outputs are P positions of a max pool's windows times O
+// filters (jaxlenet's convolution fused with its pool), given for every window and filter the
+// first position holding the maximum, `first` (N, Ho, Wo, O), and the maximum's cotangent, `dmax`
+// (N, Ho, Wo, O): the convolution's cotangent is dmax at that position and 0 at the others. It is
+// rebuilt one image at a time in cache rather than written out whole (12 MB for LeNet's first
+// layer).
+ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::S32> first, ffi::Buffer<ffi::F32> dmax,
+                              ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
+  const auto xd = x.dimensions(), fd = first.dimensions(), md = dmax.dimensions(),
+             wd = dw->dimensions();
+  if (xd.size() != 4 || fd.size() != 4 || md.size() != 4 || wd.size() != 4 ||
+      db->dimensions().size() != 1) {
+    return ffi::Error::InvalidArgument(
+        "conv-pool parameter gradients: x, first, dmax and dw must be 4-D, db 1-D");
   }
+  const int64_t filters = fd[3];
+  const Shape s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2]};
+  if (filters < 1 || s.o % filters || fd[0] != s.n || fd[1] != s.ho() || fd[2] != s.wo() ||
+      md[0] != fd[0] || md[1] != fd[1] || md[2] != fd[2] || md[3] != fd[3] || wd[3] != s.c ||
+      db->dimensions()[0] != s.o || s.ho() < 1 || s.wo() < 1) {
+    return ffi::Error::InvalidArgument(
+        "conv-pool parameter gradients: expected x (N, H, W, C), first and dmax "
+        "(N, H-KH+1, W-KW+1, O), dw (P*O, KH, KW, C) and db (P*O)");
+  }
+  const int64_t positions = s.o / filters, cells = s.ho() * s.wo();
+  const int32_t* firstp = first.typed_data();
+  const float* dmaxp = dmax.typed_data();
+  ParamGrads(pool, s, x.typed_data(),
+             [&](int64_t n, std::vector<float>& scratch) {
+               scratch.assign(cells * s.o, 0.0f);
+               const int32_t* f = firstp + n * cells * filters;
+               const float* m = dmaxp + n * cells * filters;
+               float* cell = scratch.data();
+               for (int64_t k = 0; k < cells; ++k, f += filters, m += filters, cell += s.o)
+                 for (int64_t o = 0; o < filters; ++o) {
+                   // No position holds a NaN maximum: its window passes no gradient.
+                   if (f[o] >= 0 && f[o] < positions) cell[f[o] * filters + o] = m[o];
+                 }
+               return static_cast<const float*>(scratch.data());
+             },
+             dw->typed_data(), db->typed_data());
   return ffi::Error::Success();
 }
 
@@ -412,4 +472,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvForward, ConvForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolParamGrads, ConvPoolParamGrads,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -32,6 +32,7 @@ from jaxlenet._files import user_cache
 _SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
 _PARAM_GRADS = "jaxlenet_conv_param_grads"
 _FORWARD = "jaxlenet_conv_forward"
+_POOL_PARAM_GRADS = "jaxlenet_conv_pool_param_grads"
 
 
 def conv_param_grads(x, dy, kernel, fallback):
@@ -47,6 +48,23 @@ def conv_param_grads(x, dy, kernel, fallback):
         return jnp.transpose(dw, (0, 3, 1, 2)), db
 
     return _on_cpu(on_cpu, fallback, x, dy)
+
+
+def conv_pool_param_grads(x, first, dmax, weight_shape, fallback):
+    """``conv_param_grads`` for a convolution whose P*O filters are the P positions of a max
+    pool's windows times O filters (``weight_shape`` (P*O, C, kh, kw)), given for every window
+    and filter the first position holding the maximum, ``first`` (N, Ho, Wo, O) int32, and the
+    maximum's cotangent ``dmax`` (N, Ho, Wo, O): the convolution's cotangent, dmax at that
+    position and 0 at the others, is never written out. ``fallback(x, first, dmax)`` elsewhere."""
+    def on_cpu(x, first, dmax):
+        out_channels, channels, kh, kw = weight_shape
+        shapes = (jax.ShapeDtypeStruct((out_channels, kh, kw, channels), jnp.float32),
+                  jax.ShapeDtypeStruct((out_channels,), jnp.float32))
+        dw, db = jax.ffi.ffi_call(_POOL_PARAM_GRADS, shapes, vmap_method="sequential")(
+            x, first.astype(jnp.int32), dmax)
+        return jnp.transpose(dw, (0, 3, 1, 2)), db
+
+    return _on_cpu(on_cpu, fallback, x, first, dmax)
 
 
 def conv_forward(x, weight, bias, fallback):
@@ -65,8 +83,10 @@ def conv_forward(x, weight, bias, fallback):
 
 def _on_cpu(kernel, fallback, *args):
     """``kernel(*args)`` where the program runs on the CPU, ``fallback(*args)`` on other
-    platforms; ``fallback`` alone for arrays other than float32 or without the kernels."""
-    if any(jnp.result_type(a) != jnp.float32 for a in args) or not available():
+    platforms; ``fallback`` alone for floating arrays other than float32 or without the
+    kernels."""
+    floats = [jnp.result_type(a) for a in args if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+    if any(dtype != jnp.float32 for dtype in floats) or not available():
         return fallback(*args)
     return lax.platform_dependent(*args, cpu=kernel, default=fallback)
 
@@ -87,7 +107,8 @@ def available() -> bool:
     if not library.cpu_kernels_supported():
         return False
     for name, handler in ((_PARAM_GRADS, library.JaxlenetConvParamGrads),
-                          (_FORWARD, library.JaxlenetConvForward)):
+                          (_FORWARD, library.JaxlenetConvForward),
+                          (_POOL_PARAM_GRADS, library.JaxlenetConvPoolParamGrads)):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 

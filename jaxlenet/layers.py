@@ -274,19 +274,66 @@ def _conv_pool(x, weight, bias, window, padding, activation):
     blocks = blocks.reshape(n, rows // ph, cols // pw, ph * pw * channels)
     block_weight = jnp.einsum("uvabcdpq,ozuv->pqocdzab", jnp.asarray(place, weight.dtype), weight)
     block_weight = block_weight.reshape(ph * pw * out_channels, ph * pw * channels, bh, bw)
-    y = conv(blocks, block_weight, None if bias is None else jnp.tile(bias, ph * pw),
-             layout="NHWC")
+    block_bias = (jnp.zeros((out_channels,), weight.dtype) if bias is None else bias)
+    block_bias = jnp.tile(block_bias, ph * pw)
     # Channels ordered (row in window, column in window, filter): the window's positions in
     # row-major order, so the first maximum is MXNet's. The batch axis stays an axis of its own,
     # so that a batch split over devices stays split.
-    y = y.reshape(n, hp, wp, ph * pw, out_channels)
     if activation == "relu":
-        y = _max_of_relu(y)
-    else:
-        # MXNet pools the activation's output. Where the activation can tie distinct inputs
-        # (sigmoid saturates), that decides which position takes the gradient: it runs first.
-        y = _positions_max(ACTIVATIONS[activation](y) if activation else y)
+        return _conv_max_relu(blocks, block_weight, block_bias, ph * pw)
+    y = conv(blocks, block_weight, block_bias, layout="NHWC").reshape(n, hp, wp, ph * pw,
+                                                                      out_channels)
+    # MXNet pools the activation's output. Where the activation can tie distinct inputs
+    # (sigmoid saturates), that decides which position takes the gradient: it runs first.
+    y = _positions_max(ACTIVATIONS[activation](y) if activation else y)
     return y.reshape(n, hp, wp, out_channels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_max_relu(blocks, weight, bias, positions):
+    """relu(max over the positions of conv(blocks, weight, bias)), for ``_conv_pool``: the
+    convolution's (positions * O) filters are (position, filter) pairs; (N, Ho, Wo, O).
+
+    Differentiated, only the first position holding each maximum and whether it is positive are
+    kept, and the weight's gradient comes from them (``cpu_kernels.conv_pool_param_grads``):
+    on the CPU the convolution's cotangent, zero at 3 of every 4 positions for 2x2 windows, is
+    never written out whole."""
+    y = conv(blocks, weight, bias, layout="NHWC")
+    return _max_of_relu(y.reshape(y.shape[:3] + (positions, -1))).reshape(
+        y.shape[:3] + (-1,))
+
+
+def _conv_max_relu_fwd(blocks, weight, bias, positions):
+    y = conv(blocks, weight, bias, layout="NHWC")
+    y = y.reshape(y.shape[:3] + (positions, -1))
+    top = jnp.max(y, axis=3)
+    # The first maximum in row-major window order takes the gradient, as in MXNet.
+    position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
+    first = jnp.min(jnp.where(y == top[:, :, :, None], position, positions), axis=3)
+    return relu(top), (blocks, weight, first, top > 0)
+
+
+def _conv_max_relu_bwd(positions, residuals, cotangent):
+    blocks, weight, first, positive = residuals
+    dmax = jnp.where(positive, cotangent, jnp.zeros((), cotangent.dtype))
+
+    def conv_cotangent(first, dmax):
+        position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
+        dy = jnp.where(position == first[:, :, :, None], dmax[:, :, :, None],
+                       jnp.zeros((), dmax.dtype))
+        return dy.reshape(dy.shape[:3] + (-1,))
+
+    kernel = weight.shape[2:]
+    dw, db = cpu_kernels.conv_pool_param_grads(
+        blocks, first, dmax, weight.shape,
+        lambda blocks, first, dmax: _conv2d_nhwc_param_grads(
+            blocks, conv_cotangent(first, dmax), kernel, (0, 0)))
+    # Unused when the blocks are the network's input (LeNet's images): XLA drops it then.
+    dblocks = _conv2d_nhwc_input_grad(conv_cotangent(first, dmax), weight, (0, 0))
+    return dblocks.astype(blocks.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
+
+
+_conv_max_relu.defvjp(_conv_max_relu_fwd, _conv_max_relu_bwd)
 
 
 def _positions_max(y):

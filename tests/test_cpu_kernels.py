@@ -88,6 +88,40 @@ def test_few_channel_forward_kernel_equals_float64_convolution(n, size, channels
 
 
 @needs_kernels
+@pytest.mark.parametrize("n,size,channels,filters,kernel,pad,window", [
+    (16, (28, 28), 1, 20, (5, 5), 0, 2),   # LeNet's first layer and pool
+    (3, (9, 7), 1, 6, (3, 3), 1, 2),       # LeNet-5-like filters, padding, odd sizes
+    (2, (8, 9), 2, 3, (3, 2), (1, 0), (2, 2)),
+    (2, (10, 9), 1, 5, (2, 3), 0, (3, 2)),
+])
+def test_fused_conv_pool_gradient_kernel_equals_the_layers_in_float64(n, size, channels, filters,
+                                                                      kernel, pad, window):
+    """The fused layer's backward pass on the CPU (the first maximum's position and the ReLU's
+    mask handed to the kernel) against the two layers one after the other in float64. Small
+    integers make exact ties, so the first-maximum rule is tested too."""
+    rng = np.random.default_rng(3)
+    conv_layer = layers.Conv(filters, kernel, padding=pad, activation="relu", layout="NHWC")
+    pool_layer = layers.Pool(window, layout="NHWC")
+    net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
+    x = rng.integers(-2, 3, (n,) + size + (channels,)).astype(np.float32)
+    params = {"conv": {"weight": rng.integers(-1, 2, (filters, channels) + kernel).astype(
+        np.float32), "bias": rng.integers(-1, 2, filters).astype(np.float32)}}
+    ct = rng.integers(-3, 4, net.init(jax.random.PRNGKey(0), x.shape)[0]).astype(np.float32)
+
+    def loss(params, x, apply):
+        return jnp.sum(apply(params, x) * ct)
+
+    grads = jax.jit(jax.grad(lambda p, x: loss(p, x, net.apply), argnums=(0, 1)))
+    assert "jaxlenet_conv_pool_param_grads" in grads.lower(params, x).as_text()
+    got = grads(params, x)
+    want = jax.grad(lambda p, x: loss(p, x, lambda p, x: pool_layer.apply(
+        {}, conv_layer.apply(p["conv"], x))), argnums=(0, 1))(
+        jax.tree_util.tree_map(lambda a: a.astype(np.float64), params), x.astype(np.float64))
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-3)  # integers: exact sums
+
+
+@needs_kernels
 def test_kernels_under_vmap():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((3, 2, 6, 6, 10)), jnp.float32)
