@@ -17,6 +17,10 @@
 // output positions by up to 80 filters; each input value is broadcast once per tile. LeNet's first
 // layer (as 2x2 blocks: 4 channels, 80 filters) runs at ~170 GFLOP/s here, where XLA's
 // convolution reaches ~80.
+//
+// JaxlenetConvPoolParamGrads: JaxlenetConvParamGrads for jaxlenet's convolution fused with a max
+// pool, whose P*O filters are P window positions times O filters, given the first position
+// holding each maximum and the maximum's cotangent instead of the convolution's whole cotangent.
 
 #include <immintrin.h>
 
