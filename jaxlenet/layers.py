@@ -18,7 +18,7 @@ import numpy as np
 from jax import lax
 
 from jaxlenet import _checks, cpu_kernels, initializers
-from jaxlenet.pooling import pool
+from jaxlenet.pooling import first_maximum, pool
 
 __all__ = [
     "conv", "pool", "dense", "flatten", "activation", "relu", "sigmoid", "tanh", "softrelu",
@@ -299,17 +299,22 @@ def _conv_max_relu(blocks, weight, bias, positions):
     on the CPU the convolution's cotangent, zero at 3 of every 4 positions for 2x2 windows, is
     never written out whole."""
     y = conv(blocks, weight, bias, layout="NHWC")
-    return _max_of_relu(y.reshape(y.shape[:3] + (positions, -1))).reshape(
+    # Undifferentiated (evaluation, prediction), the ReLU runs before the max: without kernels
+    # it keeps XLA from fusing the max into the convolution's YNNPACK call, which runs that
+    # fusion ~2.4x slower (lenet inference 410 -> 280 ms per 10,000 images). The same values:
+    # ReLU commutes with the max.
+    return _positions_max(relu(y.reshape(y.shape[:3] + (positions, -1)))).reshape(
         y.shape[:3] + (-1,))
 
 
 def _conv_max_relu_fwd(blocks, weight, bias, positions):
     y = conv(blocks, weight, bias, layout="NHWC")
     y = y.reshape(y.shape[:3] + (positions, -1))
-    top = jnp.max(y, axis=3)
-    # The first maximum in row-major window order takes the gradient, as in MXNet.
-    position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
-    first = jnp.min(jnp.where(y == top[:, :, :, None], position, positions), axis=3)
+    top = jnp.max(y, axis=3, keepdims=True)
+    _, first = first_maximum(y, top, (3,))
+    top, first = top[:, :, :, 0], first[:, :, :, 0]
+    # The ReLU after the max, on the 4x smaller maximum: a window whose max is <= 0 passes no
+    # gradient (relu'(0) = 0).
     return relu(top), (blocks, weight, first, top > 0)
 
 
@@ -339,28 +344,6 @@ _conv_max_relu.defvjp(_conv_max_relu_fwd, _conv_max_relu_bwd)
 def _positions_max(y):
     """Max over axis 3 of (N, H, W, positions, C), the first maximum taking the gradient."""
     return pool(y, (1, 1, y.shape[3]), layout="NDHWC")
-
-
-@jax.custom_vjp
-def _max_of_relu(y):
-    # Undifferentiated (evaluation, prediction), the ReLU keeps XLA from fusing the max into the
-    # convolution's YNNPACK call, which runs that fusion ~2.4x slower (lenet inference 410 ->
-    # 280 ms per 10,000 images).
-    return _positions_max(relu(y))
-
-
-def _max_of_relu_fwd(y):
-    # Differentiated, the ReLU runs on the 4x smaller maximum (the training step ~1.5 ms
-    # faster). The same values and gradients: ReLU commutes with the max, and a window whose
-    # max is <= 0 passes no gradient either way.
-    return jax.vjp(lambda y: relu(_positions_max(y)), y)
-
-
-def _max_of_relu_bwd(vjp, cotangent):
-    return vjp(cotangent)
-
-
-_max_of_relu.defvjp(_max_of_relu_fwd, _max_of_relu_bwd)
 
 
 @functools.cache

@@ -162,19 +162,27 @@ def _blocks_bwd(spatial_axes, window, residuals, cotangent):
     blocks = x.reshape(split)
     y = jnp.expand_dims(y, kernel_axes)
     ct = jnp.expand_dims(cotangent, kernel_axes)
-    # The first maximum in row-major window order takes the gradient, as in MXNet: number the
-    # window's positions in that order and keep the smallest number that holds the maximum.
-    # One reduction and one select, which XLA fuses; an argmax over a transposed copy costs
-    # several times more on CPU, and a select per position, concatenated, ~1 ms more in LeNet's
-    # step (where the fused first layer's 4 positions made 4 selects and a concatenation).
-    shape = [1] * len(split)
-    for axis, k in zip(kernel_axes, window):
-        shape[axis] = k
-    position = jnp.asarray(np.arange(math.prod(window), dtype=np.int32).reshape(shape))
-    first = jnp.min(jnp.where(blocks == y, position, position.size), axis=kernel_axes,
-                    keepdims=True)
+    position, first = first_maximum(blocks, y, kernel_axes)
     grad = jnp.where(position == first, ct, jnp.zeros((), ct.dtype))
     return (grad.reshape(x.shape),)
 
 
 _blocks_max.defvjp(_blocks_fwd, _blocks_bwd)
+
+
+def first_maximum(x, top, axes):
+    """MXNet's rule for which element of a window takes a max pool's gradient: the first, in
+    row-major window order, that holds the maximum. ``x`` holds the windows along ``axes``, and
+    ``top`` their maxima with those axes kept (size 1). Returns the positions' numbers (int32,
+    shaped to broadcast against ``x``) and the first maximum's number per window (shaped like
+    ``top``; the window's size where none holds it: NaN).
+
+    Numbering the positions and keeping the smallest that holds the maximum is one reduction and
+    one select, which XLA fuses; an argmax over a transposed copy costs several times more on
+    CPU, and a select per position, concatenated, ~1 ms more in LeNet's step."""
+    shape = [1] * x.ndim
+    for axis in axes:
+        shape[axis] = x.shape[axis]
+    position = jnp.asarray(np.arange(math.prod(shape), dtype=np.int32).reshape(shape))
+    first = jnp.min(jnp.where(x == top, position, position.size), axis=axes, keepdims=True)
+    return position, first

@@ -176,7 +176,7 @@ def test_conv_pool_fusion_equals_the_layers_one_by_one(activation, channels, ker
     y_fused, vjp_fused = jax.vjp(net.apply, params, x)
     y_plain, vjp_plain = jax.vjp(one_by_one, params, x)
     np.testing.assert_allclose(y_fused, y_plain, rtol=1e-12, atol=1e-12)
-    # Undifferentiated, the fused ReLU and max run in the other order (see _max_of_relu).
+    # Undifferentiated, the fused ReLU and max run in the other order (see _conv_max_relu).
     np.testing.assert_allclose(net.apply(params, x), y_plain, rtol=1e-12, atol=1e-12)
     ct = jnp.asarray(RNG.standard_normal(y_plain.shape))
     for got, want in zip(jax.tree_util.tree_leaves(vjp_fused(ct)),
