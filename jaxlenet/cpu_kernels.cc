@@ -113,27 +113,21 @@ TileFn TileFor(int ob, int nv) {
   }
 }
 
-// Images [n0, n1) into acc, a few output rows at a time so that their x and dy stay in cache
-// while every register tile passes over them.
-void WeightGradImages(const Shape& s, const float* x, const float* dy, float* acc, int64_t n0,
-                      int64_t n1) {
+// One image x (H, W, C), dy (Ho, Wo, O) into acc, a few output rows at a time so that their x
+// and dy stay in cache while every register tile passes over them.
+void WeightGradImage(const Shape& s, const float* x, const float* dy, float* acc) {
   const int64_t row_bytes = (s.wo() * s.o + s.w * s.c) * 4;
   const int64_t rows = std::max<int64_t>(1, (48 << 10) / row_bytes);
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* xn = x + n * s.h * s.w * s.c;
-    const float* dyn = dy + n * s.ho() * s.wo() * s.o;
-    for (int64_t h0 = 0; h0 < s.ho(); h0 += rows) {
-      const int64_t h1 = std::min(s.ho(), h0 + rows);
-      for (int64_t i = 0; i < s.kh; ++i)
-        for (int64_t s0 = 0; s0 < s.row(); s0 += kChunk) {
-          const int64_t len = std::min<int64_t>(kChunk, s.row() - s0);
-          for (int64_t o0 = 0; o0 < s.o; o0 += kFilterBlock) {
-            const int ob = static_cast<int>(std::min<int64_t>(kFilterBlock, s.o - o0));
-            TileFor(ob, static_cast<int>((len + 15) / 16))(s, xn, dyn, acc, h0, h1, o0, i, s0,
-                                                           len);
-          }
+  for (int64_t h0 = 0; h0 < s.ho(); h0 += rows) {
+    const int64_t h1 = std::min(s.ho(), h0 + rows);
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t s0 = 0; s0 < s.row(); s0 += kChunk) {
+        const int64_t len = std::min<int64_t>(kChunk, s.row() - s0);
+        for (int64_t o0 = 0; o0 < s.o; o0 += kFilterBlock) {
+          const int ob = static_cast<int>(std::min<int64_t>(kFilterBlock, s.o - o0));
+          TileFor(ob, static_cast<int>((len + 15) / 16))(s, x, dy, acc, h0, h1, o0, i, s0, len);
         }
-    }
+      }
   }
 }
 
@@ -236,23 +230,25 @@ TapTileFn TapTileFor(int tb, int nv) {
 constexpr int kTapBlock = 4;  // kernel taps per register tile: 4 x 5 accumulators + 5 loads
 constexpr int kShortRow = 32;  // kernel rows of fewer floats take the tap tiles
 
-void TapWeightGradImages(const Shape& s, const float* x, const float* dy, float* acc, int64_t n0,
-                         int64_t n1) {
-  const int64_t taps = s.kh * s.row();
-  std::vector<int64_t> tap(taps);
+// The offset in an image of x of each kernel tap (i, j, c), from the output position's.
+std::vector<int64_t> TapOffsets(const Shape& s) {
+  std::vector<int64_t> tap(s.kh * s.row());
   for (int64_t i = 0; i < s.kh; ++i)
     for (int64_t jc = 0; jc < s.row(); ++jc) tap[i * s.row() + jc] = i * s.w * s.c + jc;
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* xn = x + n * s.h * s.w * s.c;
-    const float* dyn = dy + n * s.ho() * s.wo() * s.o;
-    for (int64_t o0 = 0; o0 < s.o; o0 += kFilterChunk) {
-      const int len = static_cast<int>(std::min<int64_t>(kFilterChunk, s.o - o0));
-      const int nv = (len + 15) / 16;
-      const __mmask16 last = static_cast<__mmask16>((1u << (len - 16 * (nv - 1))) - 1);
-      for (int64_t t0 = 0; t0 < taps; t0 += kTapBlock) {
-        const int tb = static_cast<int>(std::min<int64_t>(kTapBlock, taps - t0));
-        TapTileFor(tb, nv)(s, xn, dyn, acc, tap.data(), t0, o0, last);
-      }
+  return tap;
+}
+
+// One image x (H, W, C), dy (Ho, Wo, O) into acc (KH*KW*C, O) by tap tiles.
+void TapWeightGradImage(const Shape& s, const float* x, const float* dy, float* acc,
+                        const std::vector<int64_t>& tap) {
+  const int64_t taps = static_cast<int64_t>(tap.size());
+  for (int64_t o0 = 0; o0 < s.o; o0 += kFilterChunk) {
+    const int len = static_cast<int>(std::min<int64_t>(kFilterChunk, s.o - o0));
+    const int nv = (len + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>((1u << (len - 16 * (nv - 1))) - 1);
+    for (int64_t t0 = 0; t0 < taps; t0 += kTapBlock) {
+      const int tb = static_cast<int>(std::min<int64_t>(kTapBlock, taps - t0));
+      TapTileFor(tb, nv)(s, x, dy, acc, tap.data(), t0, o0, last);
     }
   }
 }
@@ -265,6 +261,7 @@ void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x,
                 const DyOfImage& dy_of_image, float* w_out, float* b_out) {
   const int64_t size = s.o * s.kh * s.row();
   const bool by_taps = s.row() < kShortRow;
+  const std::vector<int64_t> tap = by_taps ? TapOffsets(s) : std::vector<int64_t>();
   // Per chunk: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
   // bias gradient (O).
   std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
@@ -276,9 +273,9 @@ void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x,
       const float* xn = x + n * s.h * s.w * s.c;
       const float* dyn = dy_of_image(n, scratch);
       if (by_taps) {
-        TapWeightGradImages(s, xn, dyn, sum, 0, 1);
+        TapWeightGradImage(s, xn, dyn, sum, tap);
       } else {
-        WeightGradImages(s, xn, dyn, sum, 0, 1);
+        WeightGradImage(s, xn, dyn, sum);
       }
       // The bias gradient image by image: short float32 sums, added up, lose less than one
       // long one.
