@@ -55,11 +55,13 @@ def _load_dataset(limit):
 class _JaxRun:
     """One model's compiled epoch and evaluation, ready to be timed."""
 
-    def __init__(self, name, dataset, batch_size, device):
+    def __init__(self, name, dataset, batch_size, device, impl):
         (train_x, train_y), (test_x, test_y) = dataset
         self.config = train.Config(model=name, batch_size=batch_size, momentum=0.0,
-                                   weight_decay=0.0, schedule="constant", **RECIPES[name])
-        self.model, opt, params, opt_state, self.key = train.initial_state(self.config)
+                                   weight_decay=0.0, schedule="constant", impl=impl,
+                                   **RECIPES[name])
+        self.model, opt, params, opt_state, self.key = train.initial_state(
+            self.config, platform=device.platform)
         put = lambda a: jax.device_put(a, device)
         self.train_x, self.train_y = put(train_x), put(train_y)
         self.test_x, self.test_y = put(test_x), put(test_y)
@@ -154,7 +156,8 @@ def _torch_available() -> bool:
 
 
 def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch_size: int = 256,
-        limit: int | None = None, torch: bool = True, device: str = "auto", log=print) -> dict:
+        limit: int | None = None, torch: bool = True, device: str = "auto", impl: str = "auto",
+        log=print) -> dict:
     """Times ``epochs`` training epochs per model and framework after one warm-up epoch each,
     interleaved (JAX, PyTorch, JAX, ...), and inference over the 10,000 test images. Returns a
     JSON-able report; ``log`` (if given) gets human-readable lines as results arrive."""
@@ -170,7 +173,7 @@ def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch
 
     runs = {}
     for name in models:
-        runs[name] = _JaxRun(name, (train_set, test_set), batch_size, target)
+        runs[name] = _JaxRun(name, (train_set, test_set), batch_size, target, impl)
         runs[name].train_epoch()  # warm-up
         runs[name].infer()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -198,15 +201,16 @@ def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch
         n_train, n_test = report["train_examples"], len(test_set[0])
         seconds = statistics.median(jax_times)
         flops = training_flops(jax_run.model) * n_train
-        entry = {"train_s_per_epoch": _seconds(seconds),
+        entry = {"impl": jax_run.model.impl, "train_s_per_epoch": _seconds(seconds),
                  "train_images_per_s": round(n_train / seconds),
                  "train_gflops_per_s": round(flops / seconds / 1e9, 1),
                  "train_tflop_per_epoch": round(flops / 1e12, 4),
                  "compile_s": round(jax_run.compile_seconds, 2),
                  "infer_images_per_s": round(n_test / jax_infer),
                  "epoch_times_s": [_seconds(t) for t in jax_times]}
-        line = (f"{name:7s} jax   train {seconds:6.2f} s/epoch ({entry['train_images_per_s']:,} "
-                f"img/s, {entry['train_gflops_per_s']} GFLOP/s), compile {entry['compile_s']} s, "
+        line = (f"{name:7s} jax ({jax_run.model.impl}) train {seconds:6.2f} s/epoch "
+                f"({entry['train_images_per_s']:,} img/s, {entry['train_gflops_per_s']} GFLOP/s), "
+                f"compile {entry['compile_s']} s, "
                 f"inference {entry['infer_images_per_s']:,} img/s")
         say(line)
         if name in torch_runs:

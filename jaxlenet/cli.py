@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     option("--schedule", choices=("constant", "cosine"),
            help="learning rate: constant, or a half cosine down to 0 at the end")
     option("--seed", type=_non_negative_int)
+    option("--impl", choices=("auto", "reference", "fast"),
+           help="'fast' (jaxlenet.fast) or 'reference' (jaxlenet.layers); 'auto' is fast on the "
+                "CPU, reference on a GPU")
     train.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files")
     train.add_argument("--out", default="runs/lenet", help="run directory (default: runs/lenet)")
     train.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    evaluate.add_argument("--impl", choices=("auto", "reference", "fast"),
+                          help="implementation (default: the one the run recorded)")
 
     predict = commands.add_parser("predict", help="classify PNG/JPEG images")
     predict.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
@@ -119,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--model", choices=("lenet", "lenet5"), default="lenet")
     summary.add_argument("--batch-size", type=_positive_int, default=1)
 
+    export = commands.add_parser(
+        "export", help="write a trained model for use without jaxlenet",
+        description="Write a checkpoint's model as serialized StableHLO: its inference function "
+                    "(float32 images (N, 1, 28, 28) in [0, 1] -> logits (N, 10)) for the CPU and "
+                    "CUDA GPUs, any batch size, which jax.export.deserialize(...).call(images) "
+                    "runs without jaxlenet.")
+    export.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    export.add_argument("--out", required=True, help="file to write")
+
     bench = commands.add_parser("bench", help="time training and inference")
     bench.add_argument("--model", choices=("lenet", "lenet5", "all"), default="all")
     bench.add_argument("--epochs", type=_positive_int, default=2,
@@ -127,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=_positive_int, help="examples per epoch (default: 60,000)")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     bench.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    bench.add_argument("--impl", choices=("auto", "reference", "fast"), default="auto")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -168,9 +183,11 @@ def _train(args) -> int:
     writer = jax.process_index() == 0
     with train.run_lock(out) if writer else contextlib.nullcontext():
         mesh = devices.make_mesh(args.device, args.devices)
+        platform = mesh.devices.flat[0].platform
         if writer:
-            print(f"jaxlenet: training {config.model} on {mesh.size} "
-                  f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es) "
+            impl = models.choose_impl(config.impl, platform=platform)
+            print(f"jaxlenet: training {config.model} ({impl} implementation) on {mesh.size} "
+                  f"{platform} device(s), {jax.process_count()} process(es) "
                   f"({json.dumps(dataclasses.asdict(config))})", file=sys.stderr)
         params, history = train.fit(config, dataset, out_dir=out, resume=args.resume,
                                     device=args.device, devices=args.devices, limit=args.limit,
@@ -179,7 +196,7 @@ def _train(args) -> int:
         if writer and not args.no_plots and history:
             plots.plot_curves(history, out / "curves.png")
             (_, _), (test_x, test_y) = dataset
-            model = models.build(config.model, init=config.init)
+            model = models.build(config.model, impl=config.impl, platform=platform)
             probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
             plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
                                    out / "predictions.png")
@@ -194,14 +211,15 @@ def _evaluate(args) -> int:
 
     from jaxlenet import data, devices, train
 
-    config, model, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
-    _, (test_x, test_y) = data.load_fashion_mnist(args.data_dir)
     device = devices.select_device(args.device)
+    config, model, params, _, _, epoch = train.load_checkpoint(args.checkpoint, impl=args.impl,
+                                                               platform=device.platform)
+    _, (test_x, test_y) = data.load_fashion_mnist(args.data_dir)
     loss, acc = train.make_evaluate(model)(jax.device_put(params, device),
                                            jax.device_put(test_x, device),
                                            jax.device_put(test_y, device))
     print(f"{config.model} after epoch {epoch}: test loss {float(loss):.4f}  "
-          f"test acc {float(acc):.4f}  ({len(test_y)} images)")
+          f"test acc {float(acc):.4f}  ({len(test_y)} images, {model.impl} implementation)")
     return 0
 
 
@@ -226,12 +244,31 @@ def _summary(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from jaxlenet import export, train
+    from jaxlenet._files import atomic_write
+
+    config, _, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
+    out = pathlib.Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; name the file to write")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: no directory {out.parent}")
+    try:
+        atomic_write(out, export.stablehlo_bytes(config.model, params))
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    print(f"jaxlenet: wrote {out}: {config.model} after epoch {epoch} as StableHLO for "
+          f"{' and '.join(export.PLATFORMS)}", file=sys.stderr)
+    return 0
+
+
 def _bench(args) -> int:
     from jaxlenet import bench
 
     report = bench.run(models=("lenet", "lenet5") if args.model == "all" else (args.model,),
                        epochs=args.epochs, batch_size=args.batch_size, limit=args.limit,
-                       torch=not args.no_torch, device=args.device,
+                       torch=not args.no_torch, device=args.device, impl=args.impl,
                        log=None if args.json else print)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -239,7 +276,7 @@ def _bench(args) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "summary": _summary,
-            "bench": _bench}
+            "export": _export, "bench": _bench}
 
 
 def _terminate(signum, frame):

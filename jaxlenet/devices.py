@@ -5,8 +5,6 @@ data are replicated over the mesh, batches are split along its 'data' axis."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 from jax import lax
@@ -25,36 +23,6 @@ def select_device(name: str = "auto") -> jax.Device:
                 raise ValueError("device 'gpu' was asked for, but JAX sees no GPU here "
                                  f"(devices: {jax.devices()}); use --device cpu or auto") from None
     return jax.devices("cpu")[0]
-
-
-# XLA:CPU hands convolutions, dots and reductions to YNNPACK by default, but not elementwise ops,
-# and a convolution that YNNPACK runs on its own is ~3x slower than one fused with elementwise
-# work or run by XLA's Eigen path (LeNet's 20->50 3x3: 9 ms against 3 ms per batch of 256; see
-# docs/performance.md). Adding elementwise ops to YNNPACK's share puts every convolution on a
-# fast path. Unknown option names abort a compilation, so the option is tried once first.
-_YNN_TYPES = ",".join("LIBRARY_FUSION_TYPE_" + kind for kind in
-                      ("DOT", "ELTWISE", "REDUCE", "INDIVIDUAL_CONVOLUTION"))
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": _YNN_TYPES}
-
-
-def compiler_options(mesh: Mesh | None = None) -> dict[str, str]:
-    """The XLA options jaxlenet compiles its training and evaluation with, for the platform of
-    ``mesh`` (the default backend's without one): empty except on the CPU, and empty there too
-    if this jaxlib does not know them. Code that jits jaxlenet's layers itself gets the same
-    speed with ``jax.jit(f, compiler_options=compiler_options())``."""
-    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    return _cpu_options() if platform == "cpu" else {}
-
-
-@functools.cache
-def _cpu_options() -> dict[str, str]:
-    try:
-        on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-        jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(
-            jax.ShapeDtypeStruct((), np.float32, sharding=on_cpu)).compile()
-    except Exception:  # any refusal means: compile without the options
-        return {}
-    return dict(_CPU_OPTIONS)
 
 
 def make_mesh(device: str = "auto", num_devices: int | None = None) -> Mesh:

@@ -1,9 +1,8 @@
-"""The tutorial's LeNets, and a layer-by-layer summary.
-
-A model takes MXNet's layout, images (N, 1, 28, 28), and has MXNet's parameter layout
-(``{'conv0': {'weight': (20, 1, 5, 5), 'bias': (20,)}, ...}``), but runs channels-last inside:
-XLA:CPU's convolutions are several times faster in NHWC (see docs/performance.md). The layout is
-invisible from outside; ``layout='NCHW'`` runs the plain formulation, for comparison.
+"""The tutorial's LeNets, each in two implementations chosen once, when it is built: the reference
+(``jaxlenet.layers``, MXNet's NCHW layout, XLA's plain formulations) and the fast one
+(``jaxlenet.fast``: channels-last inside, the formulations XLA:CPU runs fastest). Both take
+MXNet's images (N, 1, 28, 28) and share one parameter tree in MXNet's layout
+(``{'conv0': {'weight': (20, 1, 5, 5), 'bias': (20,)}, ...}``) and the same initial values.
 """
 
 from __future__ import annotations
@@ -15,107 +14,123 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlenet import initializers
-from jaxlenet.layers import Conv, Dense, Flatten, Layer, Pool, serial
+from jaxlenet import fast, initializers, layers
 
 IMAGE_SHAPE = (1, 28, 28)
+IMPLS = ("auto", "reference", "fast")
 
 
 class Model(NamedTuple):
     """``init(key) -> params``; ``apply(params, images (N, 1, 28, 28)) -> logits (N, classes)``,
-    images cast to the parameters' dtype (float32 from ``init``)."""
+    images cast to the parameters' dtype. ``impl`` is the implementation ``apply`` runs,
+    ``layers`` the reference layers (for summaries), ``compiler_options`` what a ``jax.jit`` of a
+    program running ``apply`` should pass (empty for the reference)."""
     name: str
+    impl: str
     init: Callable
     apply: Callable
-    layers: tuple[tuple[str, Layer], ...]
-    layout: str
+    layers: tuple[tuple[str, layers.Layer], ...]
+    compiler_options: dict
 
 
-def _model(name: str, build: Callable[[str], tuple[tuple[str, Layer], ...]], layout: str) -> Model:
-    if layout not in ("NHWC", "NCHW"):
-        raise ValueError(f"layout {layout!r} is not 'NHWC' or 'NCHW'")
-    named_layers = build(layout)
-    net = serial(*named_layers)
-    channels_last = layout == "NHWC"
+def choose_impl(impl: str = "auto", *, platform: str | None = None, dtype=jnp.float32) -> str:
+    """'reference' or 'fast'. 'auto' is 'fast' on the CPU in float32 (``platform`` defaults to
+    JAX's default backend), and 'reference' on a GPU or TPU and in other dtypes."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl {impl!r} is not one of {IMPLS}")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    return "fast" if platform == "cpu" and jnp.dtype(dtype) == jnp.float32 else "reference"
 
-    def to_internal(images):
-        return jnp.moveaxis(images, 1, -1) if channels_last else images
+
+def _model(name: str, architecture: Callable, impl: str, platform: str | None, dtype) -> Model:
+    """``architecture(nn)`` lists the network's ``(name, layer)`` pairs built from ``nn``, which is
+    ``jaxlenet.layers`` or ``jaxlenet.fast.layers`` (the same constructors)."""
+    impl = choose_impl(impl, platform=platform, dtype=dtype)
+    reference_layers = architecture(layers)
+    reference = layers.serial(*reference_layers)
+    options = {}
+    if impl == "fast":
+        net = fast.layers.serial(*fast.layers.fuse_conv_pool(architecture(fast.layers)))
+        run = lambda params, images: net.apply(params, jnp.moveaxis(images, 1, -1))
+        options = fast.compiler_options(platform or jax.default_backend())
+    else:
+        run = reference.apply
 
     def init(key):
-        in_shape = (1,) + IMAGE_SHAPE
-        if channels_last:
-            in_shape = (1,) + IMAGE_SHAPE[1:] + IMAGE_SHAPE[:1]
-        return net.init(key, in_shape)[1]
+        params = reference.init(key, (1,) + IMAGE_SHAPE)[1]
+        return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
 
     def apply(params, images):
         if jnp.ndim(images) != 4 or tuple(jnp.shape(images)[1:]) != IMAGE_SHAPE:
             raise ValueError(f"images must be (N, {', '.join(map(str, IMAGE_SHAPE))}), got shape "
                              f"{jnp.shape(images)}")
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        return net.apply(params, to_internal(jnp.asarray(images, dtype)))
+        param_dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return run(params, jnp.asarray(images, param_dtype))
 
-    return Model(name, init, apply, tuple(named_layers), layout)
+    return Model(name, impl, init, apply, tuple(reference_layers), options)
 
 
-def lenet(*, weight_init=initializers.uniform(0.07), layout: str = "NHWC") -> Model:
+def lenet(*, weight_init=initializers.uniform(0.07), impl: str = "auto",
+          platform: str | None = None, dtype=jnp.float32) -> Model:
     """The tutorial's LeNet: conv 20@5x5, ReLU, max-pool 2/2, conv 50@3x3, ReLU, max-pool 2/2,
     flatten, dense 128, ReLU, dense 10. Biases start at zero."""
-    def build(L):
-        return (("conv0", Conv(20, 5, activation="relu", weight_init=weight_init, layout=L)),
-                ("pool0", Pool(2, layout=L)),
-                ("conv1", Conv(50, 3, activation="relu", weight_init=weight_init, layout=L)),
-                ("pool1", Pool(2, layout=L)),
-                ("flatten0", Flatten(layout=L)),
-                ("dense0", Dense(128, activation="relu", weight_init=weight_init)),
-                ("dense1", Dense(10, weight_init=weight_init)))
-    return _model("lenet", build, layout)
+    def architecture(nn):
+        return (("conv0", nn.Conv(20, 5, activation="relu", weight_init=weight_init)),
+                ("pool0", nn.Pool(2)),
+                ("conv1", nn.Conv(50, 3, activation="relu", weight_init=weight_init)),
+                ("pool1", nn.Pool(2)),
+                ("flatten0", nn.Flatten()),
+                ("dense0", nn.Dense(128, activation="relu", weight_init=weight_init)),
+                ("dense1", nn.Dense(10, weight_init=weight_init)))
+    return _model("lenet", architecture, impl, platform, dtype)
 
 
-def lenet5(*, weight_init=initializers.xavier(), layout: str = "NHWC") -> Model:
+def lenet5(*, weight_init=initializers.xavier(), impl: str = "auto",
+           platform: str | None = None, dtype=jnp.float32) -> Model:
     """The classic LeNet-5 of the tutorial: conv 6@5x5, sigmoid, max-pool 2/2, conv 16@5x5,
     sigmoid, max-pool 2/2, dense 120, sigmoid, dense 84, sigmoid, dense 10."""
-    def build(L):
-        return (("conv0", Conv(6, 5, activation="sigmoid", weight_init=weight_init, layout=L)),
-                ("pool0", Pool(2, layout=L)),
-                ("conv1", Conv(16, 5, activation="sigmoid", weight_init=weight_init, layout=L)),
-                ("pool1", Pool(2, layout=L)),
-                ("flatten0", Flatten(layout=L)),
-                ("dense0", Dense(120, activation="sigmoid", weight_init=weight_init)),
-                ("dense1", Dense(84, activation="sigmoid", weight_init=weight_init)),
-                ("dense2", Dense(10, weight_init=weight_init)))
-    return _model("lenet5", build, layout)
+    def architecture(nn):
+        return (("conv0", nn.Conv(6, 5, activation="sigmoid", weight_init=weight_init)),
+                ("pool0", nn.Pool(2)),
+                ("conv1", nn.Conv(16, 5, activation="sigmoid", weight_init=weight_init)),
+                ("pool1", nn.Pool(2)),
+                ("flatten0", nn.Flatten()),
+                ("dense0", nn.Dense(120, activation="sigmoid", weight_init=weight_init)),
+                ("dense1", nn.Dense(84, activation="sigmoid", weight_init=weight_init)),
+                ("dense2", nn.Dense(10, weight_init=weight_init)))
+    return _model("lenet5", architecture, impl, platform, dtype)
 
 
 MODELS = {"lenet": lenet, "lenet5": lenet5}
 
 
-def build(name: str, *, init: str | None = None, layout: str = "NHWC") -> Model:
-    """A model by name, with an initialiser by name (``initializers.BY_NAME``) or its default."""
+def build(name: str, *, init: str | None = None, impl: str = "auto", platform: str | None = None,
+          dtype=jnp.float32) -> Model:
+    """A model by name, with an initialiser by name (``initializers.BY_NAME``) or its default,
+    in the implementation ``choose_impl(impl, platform=platform, dtype=dtype)`` picks."""
     if name not in MODELS:
         raise ValueError(f"model {name!r} is not one of {tuple(MODELS)}")
+    options = dict(impl=impl, platform=platform, dtype=dtype)
     if init is None:
-        return MODELS[name](layout=layout)
+        return MODELS[name](**options)
     if init not in initializers.BY_NAME:
         raise ValueError(f"init {init!r} is not one of {tuple(initializers.BY_NAME)}")
-    return MODELS[name](weight_init=initializers.BY_NAME[init], layout=layout)
+    return MODELS[name](weight_init=initializers.BY_NAME[init], **options)
 
 
 def summary(model: Model, batch_size: int = 1) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer name, output shape in MXNet's NCHW layout, parameter count) for every layer,
+    """(layer name, output shape (MXNet's NCHW layout), parameter count) for every layer,
     parameter-free ones included, computed without data (``jax.eval_shape``)."""
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     x = jax.ShapeDtypeStruct((batch_size,) + IMAGE_SHAPE, jnp.float32)
-    x = jax.eval_shape(lambda images: jnp.moveaxis(images, 1, -1)
-                       if model.layout == "NHWC" else images, x)
     rows = []
     for name, layer in model.layers:
         layer_params = params.get(name, {})
         x = jax.eval_shape(layer.apply, layer_params, x)
-        shape = x.shape
-        if model.layout == "NHWC" and len(shape) == 4:
-            shape = (shape[0], shape[3], shape[1], shape[2])
         count = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(layer_params))
-        rows.append((name, tuple(shape), count))
+        rows.append((name, tuple(x.shape), count))
     return rows
 
 

@@ -7,10 +7,6 @@ including windows that start in the right padding or past the input (no ``ceil_m
 
 from __future__ import annotations
 
-import functools
-import math
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -70,9 +66,6 @@ def pool(x, window=None, *, kind: str = "max", stride=None, padding=0, conventio
 
     outs = tuple(output_size(n, k, s, p, convention)
                  for n, k, s, p in zip(sizes, window, stride, padding))
-    if (kind == "max" and window == stride and not any(padding)
-            and all(o * k <= n for o, k, n in zip(outs, window, sizes))):
-        return _block_max(x, spatial_axes, window, outs)
 
     # Pad (or crop) each spatial dim so that exactly the kept windows fit, then reduce VALID.
     config = [(0, 0, 0)] * ndim
@@ -120,69 +113,3 @@ def _inverse_divisors(sizes, window, stride, padding, outs, count_include_pad) -
         inv = np.where(divisor > 0, 1.0 / np.maximum(divisor, 1), 0.0)
         inverse = np.multiply.outer(inverse, inv)
     return inverse
-
-
-def _block_max(x, spatial_axes, window, outs):
-    """Max over non-overlapping, unpadded windows as a reshape: far cheaper to differentiate on
-    XLA:CPU than ``reduce_window``'s select-and-scatter, and exact (first maximum gets the
-    gradient)."""
-    index = [slice(None)] * jnp.ndim(x)
-    for axis, k, o in zip(spatial_axes, window, outs):
-        index[axis] = slice(0, o * k)
-    return _blocks_max(x[tuple(index)], tuple(spatial_axes), tuple(window))
-
-
-def _split_shape(shape, spatial_axes, window):
-    """Shape with each spatial axis split into (windows, kernel), and the kernel axes' positions."""
-    split, kernel_axes = [], []
-    for axis, n in enumerate(shape):
-        if axis in spatial_axes:
-            k = window[spatial_axes.index(axis)]
-            split += [n // k, k]
-            kernel_axes.append(len(split) - 1)
-        else:
-            split.append(n)
-    return tuple(split), tuple(kernel_axes)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _blocks_max(x, spatial_axes, window):
-    split, kernel_axes = _split_shape(x.shape, spatial_axes, window)
-    return jnp.max(x.reshape(split), axis=kernel_axes)
-
-
-def _blocks_fwd(x, spatial_axes, window):
-    y = _blocks_max(x, spatial_axes, window)
-    return y, (x, y)
-
-
-def _blocks_bwd(spatial_axes, window, residuals, cotangent):
-    x, y = residuals
-    split, kernel_axes = _split_shape(x.shape, spatial_axes, window)
-    blocks = x.reshape(split)
-    y = jnp.expand_dims(y, kernel_axes)
-    ct = jnp.expand_dims(cotangent, kernel_axes)
-    position, first = first_maximum(blocks, y, kernel_axes)
-    grad = jnp.where(position == first, ct, jnp.zeros((), ct.dtype))
-    return (grad.reshape(x.shape),)
-
-
-_blocks_max.defvjp(_blocks_fwd, _blocks_bwd)
-
-
-def first_maximum(x, top, axes):
-    """MXNet's rule for which element of a window takes a max pool's gradient: the first, in
-    row-major window order, that holds the maximum. ``x`` holds the windows along ``axes``, and
-    ``top`` their maxima with those axes kept (size 1). Returns the positions' numbers (int32,
-    shaped to broadcast against ``x``) and the first maximum's number per window (shaped like
-    ``top``; the window's size where none holds it: NaN).
-
-    Numbering the positions and keeping the smallest that holds the maximum is one reduction and
-    one select, which XLA fuses; an argmax over a transposed copy costs several times more on
-    CPU, and a select per position, concatenated, ~1 ms more in LeNet's step."""
-    shape = [1] * x.ndim
-    for axis in axes:
-        shape[axis] = x.shape[axis]
-    position = jnp.asarray(np.arange(math.prod(shape), dtype=np.int32).reshape(shape))
-    first = jnp.min(jnp.where(x == top, position, position.size), axis=axes, keepdims=True)
-    return position, first

@@ -25,7 +25,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from jaxlenet import checkpoint, data, devices, models
+from jaxlenet import checkpoint, data, models
 from jaxlenet._files import atomic_write
 from jaxlenet.devices import make_mesh, replicate, shard_examples, summed_over_batch_shards, to_host
 from jaxlenet.losses import softmax_cross_entropy
@@ -44,6 +44,7 @@ class Config:
     init: str = "xavier"
     schedule: str = "cosine"
     seed: int = 0
+    impl: str = "auto"
 
     def __post_init__(self):
         if self.model not in models.MODELS:
@@ -70,6 +71,8 @@ class Config:
             raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
         if self.init not in ("uniform", "normal", "xavier"):
             raise ValueError(f"init {self.init!r} is not one of ('uniform', 'normal', 'xavier')")
+        if self.impl not in models.IMPLS:
+            raise ValueError(f"impl {self.impl!r} is not one of {models.IMPLS}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,7 +158,7 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
         return (params, opt_state, jnp.sum(loss_sums) / num_examples,
                 jnp.sum(corrects) / num_examples)
 
-    return jax.jit(epoch, donate_argnums=(0, 1), compiler_options=devices.compiler_options(mesh))
+    return jax.jit(epoch, donate_argnums=(0, 1), compiler_options=model.compiler_options)
 
 
 def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | None = None):
@@ -178,7 +181,7 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
         (loss_sum, correct), _ = lax.scan(body, (zero, jnp.zeros((), jnp.int32)), (order, mask))
         return loss_sum / images.shape[0], correct / images.shape[0]
 
-    return jax.jit(evaluate, compiler_options=devices.compiler_options(mesh))
+    return jax.jit(evaluate, compiler_options=model.compiler_options)
 
 
 # -------------------------------------------------------------------------------------------- fit
@@ -209,18 +212,20 @@ CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 
 
-def initial_state(config: Config, steps_per_epoch: int = 1):
-    """(model, optimiser, params, opt_state, shuffle key) for a fresh run."""
-    model = models.build(config.model, init=config.init)
+def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | None = None):
+    """(model, optimiser, params, opt_state, shuffle key) for a fresh run; the model in the
+    implementation ``config.impl`` picks for ``platform`` (default: JAX's default backend)."""
+    model = models.build(config.model, init=config.init, impl=config.impl, platform=platform)
     opt = optimizer(config, steps_per_epoch)
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = model.init(init_key)
     return model, opt, params, opt.init(params), shuffle_key
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, *, impl: str | None = None, platform: str | None = None):
     """(config, model, params, opt_state, shuffle key, epochs done) from a checkpoint file or the
-    run directory holding one."""
+    run directory holding one. The model runs the implementation the run chose for ``platform``
+    (``config.impl``), or ``impl`` if given: parameters are the same in every implementation."""
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -230,7 +235,8 @@ def load_checkpoint(path):
     except (KeyError, TypeError, ValueError) as exc:
         raise checkpoint.CheckpointError(
             f"{path}: bad configuration in checkpoint ({exc})") from None
-    model, opt, params, opt_state, key = initial_state(config)
+    model, opt, params, opt_state, key = initial_state(
+        dataclasses.replace(config, impl=impl or config.impl), platform=platform)
     params = checkpoint.restore(arrays, "params", params)
     opt_state = checkpoint.restore(arrays, "opt_state", opt_state)
     key = checkpoint.restore(arrays, "key", key)
@@ -252,6 +258,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
     if limit is not None:
         train_x, train_y = train_x[:limit], train_y[:limit]
     mesh = make_mesh(device, devices)
+    platform = mesh.devices.flat[0].platform
     if config.batch_size % mesh.size:
         raise ValueError(f"batch size {config.batch_size} does not divide evenly over "
                          f"{mesh.size} devices; choose a multiple of {mesh.size} or --devices")
@@ -261,7 +268,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
     if resume:
         if not out_dir or not (pathlib.Path(out_dir) / CHECKPOINT).exists():
             raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out_dir}")
-        saved, model, params, opt_state, key, start = load_checkpoint(out_dir)
+        saved, model, params, opt_state, key, start = load_checkpoint(out_dir, platform=platform)
         if dataclasses.replace(saved, epochs=config.epochs) != config:
             raise ValueError(f"--resume: the checkpoint in {out_dir} was written with {saved}, "
                              f"which differs from {config} in more than epochs")
@@ -272,7 +279,8 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         history = load_history(out_dir)
         opt = optimizer(config, steps_per_epoch)
     else:
-        model, opt, params, opt_state, key = initial_state(config, steps_per_epoch)
+        model, opt, params, opt_state, key = initial_state(config, steps_per_epoch,
+                                                            platform=platform)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, history)
@@ -307,7 +315,8 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         if out is not None:
             checkpoint.save(out / CHECKPOINT,
                             to_host({"params": params, "opt_state": opt_state, "key": key}),
-                            {"epoch": epoch, "config": config.to_dict(), "history": history})
+                            {"epoch": epoch, "config": config.to_dict(), "impl": model.impl,
+                             "history": history})
             _write_metrics(out, history)
     return to_host(params), history
 
@@ -354,5 +363,5 @@ def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
 
 def predict(model: models.Model, params, images) -> np.ndarray:
     """Class probabilities (N, 10) for float images (N, 1, 28, 28) in [0, 1]."""
-    apply = jax.jit(model.apply, compiler_options=devices.compiler_options())
+    apply = jax.jit(model.apply, compiler_options=model.compiler_options)
     return np.asarray(jax.nn.softmax(apply(params, jnp.asarray(images)), axis=-1))

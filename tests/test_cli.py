@@ -83,7 +83,21 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
 
     code, stdout, _ = run_cli(capsys, "evaluate", "--checkpoint", str(out))
     assert code == 0
-    assert f"test acc {record['test_acc']:.4f}" in stdout
+    assert f"test acc {record['test_acc']:.4f}" in stdout and "fast implementation" in stdout
+    code, stdout, _ = run_cli(capsys, "evaluate", "--checkpoint", str(out), "--impl", "reference")
+    assert code == 0
+    assert f"test acc {record['test_acc']:.4f}" in stdout and "reference implementation" in stdout
+
+    # The exported model, run without jaxlenet, classifies the test set as evaluate does.
+    code, _, _ = run_cli(capsys, "export", "--checkpoint", str(out), "--out",
+                         str(tmp_path / "lenet.stablehlo"))
+    assert code == 0
+    import jax
+    exported = jax.export.deserialize(bytearray((tmp_path / "lenet.stablehlo").read_bytes()))
+    (_, _), (test_x, test_y) = data.load_fashion_mnist()
+    logits = np.concatenate([exported.call(data.to_float_nchw(test_x[i:i + 2500]))
+                             for i in range(0, len(test_x), 2500)])
+    assert f"{np.mean(logits.argmax(1) == test_y):.4f}" == f"{record['test_acc']:.4f}"
 
     code, _, err = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048",
                            "--batch-size", "64", "--out", str(out))
@@ -95,7 +109,6 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
     assert code == 2 and "differs" in err
 
     from PIL import Image
-    (_, _), (test_x, test_y) = data.load_fashion_mnist()
     Image.fromarray(test_x[0]).resize((64, 64)).save(tmp_path / "shoe.png")
     Image.fromarray(255 - test_x[1]).convert("RGB").save(tmp_path / "inverted.jpg")
     (tmp_path / "not-an-image.png").write_text("hello")

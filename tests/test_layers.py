@@ -1,5 +1,5 @@
-"""The functional core: float64 NumPy loop references on random shapes, the fast formulations
-against the plain ones, layer shape agreement, transformations, and bad input."""
+"""The reference core: float64 NumPy loop references on random shapes, MXNet's pooling rules,
+layer shape agreement, transformations, and bad input."""
 
 import itertools
 
@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from jaxlenet import initializers, layers, pooling
 
@@ -119,123 +118,7 @@ def test_global_pool_ignores_geometry():
     assert float(layers.pool(x, kind="max", global_pool=True).squeeze()) == 25.0
 
 
-# ------------------------------------------------------------------ fast paths vs plain formulation
-
-
-@pytest.mark.parametrize("kernel,pad", [((5, 5), (0, 0)), ((3, 3), (0, 0)), ((3, 2), (1, 2)),
-                                        ((1, 1), (0, 0)), ((2, 3), (3, 1))])
-@pytest.mark.parametrize("channels,filters,width", [(1, 5, 8), (4, 3, 8), (4, 20, 8), (12, 3, 8),
-                                                    (1, 5, 66)])
-def test_fast_conv_gradients_equal_autodiff_of_plain_conv(kernel, pad, channels, filters, width):
-    """Every formulation: the row matmul (few channels and filters, narrow images), and the
-    custom VJP's weight gradients by planes (few channels; also wide images) and by patches
-    (many channels), with filter counts on both sides of the zero-filter padding threshold."""
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((3, 9, width, channels)))
-    w = jnp.asarray(rng.standard_normal((filters, channels) + kernel))
-    b = jnp.asarray(rng.standard_normal(filters))
-    ct = jnp.asarray(rng.standard_normal(layers.conv(x, w, padding=pad, layout="NHWC").shape))
-
-    def plain(x, w, b):
-        y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1),
-                                     [(p, p) for p in pad],
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + b[None, None, None]
-
-    def fast(x, w, b):
-        return layers.conv(x, w, b, padding=pad, layout="NHWC")
-
-    y_fast, vjp_fast = jax.vjp(fast, x, w, b)
-    y_plain, vjp_plain = jax.vjp(plain, x, w, b)
-    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-12, atol=1e-12)
-    for got, want in zip(vjp_fast(ct), vjp_plain(ct)):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", None])
-@pytest.mark.parametrize("channels,kernel,pad,window,size", [
-    (1, (5, 5), 0, 2, (28, 28)), (1, (3, 3), 1, 2, (9, 7)), (2, (3, 2), (1, 0), (2, 2), (8, 9)),
-    (1, (2, 3), 0, (3, 2), (10, 9)), (1, (1, 1), 0, 2, (5, 6)), (8, (3, 3), 0, 1, (5, 5))])
-def test_conv_pool_fusion_equals_the_layers_one_by_one(activation, channels, kernel, pad, window,
-                                                       size):
-    """``serial`` runs a convolution and the max pool after it as one space-to-depth
-    convolution: the same values and the same gradients (first maximum, relu'(0) = 0), ties
-    included (small integers make exact ties and exact sums in any order)."""
-    conv_layer = layers.Conv(3, kernel, padding=pad, activation=activation, layout="NHWC")
-    pool_layer = layers.Pool(window, layout="NHWC")
-    net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
-    x = jnp.asarray(RNG.integers(-2, 3, (2,) + size + (channels,)).astype(np.float64))
-    params = {"conv": {"weight": jnp.asarray(RNG.integers(-1, 2, (3, channels) + kernel)
-                                             .astype(np.float64)),
-                       "bias": jnp.asarray([0.0, 1.0, -1.0])}}
-    assert layers._fusible_pool(conv_layer, pool_layer, x, params["conv"]) is not None
-
-    def one_by_one(params, x):
-        return pool_layer.apply({}, conv_layer.apply(params["conv"], x))
-
-    y_fused, vjp_fused = jax.vjp(net.apply, params, x)
-    y_plain, vjp_plain = jax.vjp(one_by_one, params, x)
-    np.testing.assert_allclose(y_fused, y_plain, rtol=1e-12, atol=1e-12)
-    # Undifferentiated, the fused ReLU and max run in the other order (see _conv_max_relu).
-    np.testing.assert_allclose(net.apply(params, x), y_plain, rtol=1e-12, atol=1e-12)
-    ct = jnp.asarray(RNG.standard_normal(y_plain.shape))
-    for got, want in zip(jax.tree_util.tree_leaves(vjp_fused(ct)),
-                         jax.tree_util.tree_leaves(vjp_plain(ct))):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_conv_pool_fusion_without_bias():
-    conv_layer = layers.Conv(3, 3, use_bias=False, activation="relu", layout="NHWC")
-    pool_layer = layers.Pool(2, layout="NHWC")
-    net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
-    x = jnp.asarray(RNG.standard_normal((2, 9, 9, 1)))
-    params = {"conv": {"weight": jnp.asarray(RNG.standard_normal((3, 1, 3, 3)))}}
-    assert layers._fusible_pool(conv_layer, pool_layer, x, params["conv"]) is not None
-    np.testing.assert_allclose(net.apply(params, x),
-                               pool_layer.apply({}, conv_layer.apply(params["conv"], x)),
-                               rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("conv_options,pool_options,channels", [
-    ({}, {"kind": "avg"}, 1), ({"stride": 2}, {}, 1), ({"dilation": 2}, {}, 1),
-    ({}, {"stride": 1}, 1), ({}, {"padding": 1}, 1), ({}, {"convention": "full"}, 1),
-    ({}, {}, 3), ({"layout": None}, {"layout": None}, 1), ({"bias": 3}, {}, 1)])
-def test_conv_pool_fusion_only_where_it_applies(conv_options, pool_options, channels):
-    """Anything else runs unfused, including arguments the layers refuse (a bias of the wrong
-    shape), so that the layers raise their own errors."""
-    conv_options = dict(conv_options)
-    bias = jnp.zeros(conv_options.pop("bias", 4))
-    conv_layer = layers.Conv(4, 3, **{"layout": "NHWC", **conv_options})
-    pool_layer = layers.Pool(2, **{"layout": "NHWC", **pool_options})
-    x = jnp.zeros((1, 8, 8, channels)) if conv_options.get("layout", "NHWC") else jnp.zeros(
-        (1, channels, 8, 8))
-    params = {"weight": jnp.zeros((4, channels, 3, 3)), "bias": bias}
-    assert layers._fusible_pool(conv_layer, pool_layer, x, params) is None
-    if bias.shape != (4,):
-        net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
-        with pytest.raises(ValueError, match="bias of shape"):
-            net.apply({"conv": params}, x)
-
-
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("window,shape", [((2, 2), (2, 3, 8, 6)), ((2, 2), (2, 3, 7, 5)),
-                                          ((3, 2), (1, 2, 9, 4))])
-def test_block_max_equals_reduce_window_with_ties(layout, window, shape):
-    """The reshape-and-compare max pool (kernel == stride) gives the same values and the same
-    first-maximum gradients as reduce_window's select-and-scatter, ties included."""
-    x = jnp.asarray(RNG.integers(0, 2, shape).astype(np.float64))
-    if layout == "NHWC":
-        x = jnp.moveaxis(x, 1, -1)
-    fast = lambda v: layers.pool(v, window, layout=layout)
-    # A 'full' pool whose windows all fit takes the general reduce_window path.
-    axes = (2, 3) if layout == "NCHW" else (1, 2)
-    crop = [slice(None)] * 4
-    for axis, k in zip(axes, window):
-        crop[axis] = slice(0, x.shape[axis] // k * k)
-    plain = lambda v: layers.pool(v[tuple(crop)], window, layout=layout, convention="full")
-    ct = jnp.asarray(RNG.standard_normal(fast(x).shape))
-    np.testing.assert_array_equal(fast(x), plain(x))
-    np.testing.assert_array_equal(jax.vjp(fast, x)[1](ct)[0], jax.vjp(plain, x)[1](ct)[0])
+# ----------------------------------------------------------------------------------- max pool
 
 
 def test_max_pool_gradient_goes_to_first_maximum():

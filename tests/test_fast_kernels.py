@@ -1,6 +1,9 @@
-"""The C++ CPU kernels against the XLA formulations they replace, and their build."""
+"""The fast implementation's C++ CPU kernels against float64 references, and their build."""
 
+import ctypes
+import hashlib
 import os
+import pathlib
 import platform
 import shutil
 
@@ -10,7 +13,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxlenet import cpu_kernels, layers
+from jaxlenet import fast, layers
+from jaxlenet.fast import kernels
+from jaxlenet.fast.conv2d import FEW_CHANNELS, MIN_FAST_FILTERS
 
 
 def _can_run_kernels():
@@ -28,7 +33,7 @@ needs_kernels = pytest.mark.skipif(not _can_run_kernels(),
 @needs_kernels
 def test_kernels_build_and_register():
     assert os.environ.get("JAXLENET_CPU_KERNELS", "1") != "0"
-    assert cpu_kernels.available()
+    assert fast.kernels_available()
 
 
 def _exact_conv(x, w, b, pad):
@@ -58,7 +63,7 @@ def test_parameter_gradient_kernel_equals_float64_autodiff(n, size, channels, fi
     x = jnp.asarray(rng.standard_normal((n,) + size + (channels,)), jnp.float32)
     out = tuple(s + 2 * p - k + 1 for s, p, k in zip(size, pad, kernel))
     dy = jnp.asarray(rng.standard_normal((n,) + out + (filters,)), jnp.float32)
-    grads = jax.jit(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, kernel, pad))
+    grads = jax.jit(lambda x, dy: fast.conv_weight_and_bias_grads(x, dy, kernel, pad))
     assert "jaxlenet_conv_param_grads" in grads.lower(x, dy).as_text()
     dw, db = grads(x, dy)
     w = jnp.zeros((filters, channels) + kernel, jnp.float64)
@@ -78,10 +83,10 @@ def test_few_channel_forward_kernel_equals_float64_convolution(n, size, channels
     x = jnp.asarray(rng.standard_normal((n,) + size + (channels,)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((filters, channels) + kernel), jnp.float32)
     b = jnp.asarray(rng.standard_normal(filters), jnp.float32)
-    forward = jax.jit(lambda x, w, b: layers.conv(x, w, b, padding=pad, layout="NHWC"))
+    forward = jax.jit(lambda x, w, b: fast.conv(x, w, b, padding=pad))
     uses_kernel = "jaxlenet_conv_forward" in forward.lower(x, w, b).as_text()
     # Only few-channel convolutions that skip the row matmul (which has no custom VJP) take it.
-    assert uses_kernel == (channels <= layers._FEW_CHANNELS and filters >= 17)
+    assert uses_kernel == (channels <= FEW_CHANNELS and filters >= MIN_FAST_FILTERS)
     want = _exact_conv(x, w, b, pad)
     np.testing.assert_allclose(forward(x, w, b), want, rtol=0,
                                atol=2e-6 * float(jnp.max(jnp.abs(want))))
@@ -102,7 +107,9 @@ def test_fused_conv_pool_gradient_kernel_equals_the_layers_in_float64(n, size, c
     rng = np.random.default_rng(3)
     conv_layer = layers.Conv(filters, kernel, padding=pad, activation="relu", layout="NHWC")
     pool_layer = layers.Pool(window, layout="NHWC")
-    net = layers.serial(("conv", conv_layer), ("pool", pool_layer))
+    net = fast.layers.serial(*fast.layers.fuse_conv_pool(
+        (("conv", fast.layers.Conv(filters, kernel, padding=pad, activation="relu")),
+         ("pool", fast.layers.Pool(window)))))
     x = rng.integers(-2, 3, (n,) + size + (channels,)).astype(np.float32)
     params = {"conv": {"weight": rng.integers(-1, 2, (filters, channels) + kernel).astype(
         np.float32), "bias": rng.integers(-1, 2, filters).astype(np.float32)}}
@@ -129,10 +136,10 @@ def test_kernels_under_vmap():
     w = jnp.asarray(rng.standard_normal((3, 20, 2, 3, 3)), jnp.float32)
     b = jnp.asarray(rng.standard_normal((3, 20)), jnp.float32)
     few = x[..., :2]
-    dw, db = jax.vmap(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, (3, 3), (0, 0)))(x, dy)
-    y = jax.vmap(lambda x, w, b: layers.conv(x, w, b, layout="NHWC"))(few, w, b)
+    dw, db = jax.vmap(lambda x, dy: fast.conv_weight_and_bias_grads(x, dy, (3, 3), (0, 0)))(x, dy)
+    y = jax.vmap(lambda x, w, b: fast.conv(x, w, b))(few, w, b)
     for k in range(3):
-        want_w, want_b = layers._conv2d_nhwc_param_grads(
+        want_w, want_b = fast.conv_weight_and_bias_grads(
             x[k].astype(jnp.float64), dy[k].astype(jnp.float64), (3, 3), (0, 0))
         np.testing.assert_allclose(dw[k], want_w, rtol=0, atol=1e-5)
         np.testing.assert_allclose(db[k], want_b, rtol=0, atol=1e-5)
@@ -145,24 +152,24 @@ def test_kernels_are_deterministic_and_take_empty_batches():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((256, 12, 12, 20)), jnp.float32)
     dy = jnp.asarray(rng.standard_normal((256, 10, 10, 50)), jnp.float32)
-    grads = jax.jit(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, (3, 3), (0, 0)))
+    grads = jax.jit(lambda x, dy: fast.conv_weight_and_bias_grads(x, dy, (3, 3), (0, 0)))
     first = grads(x, dy)
     for _ in range(3):  # whichever thread sums which images, the same bits
         assert all(np.array_equal(a, b) for a, b in zip(first, grads(x, dy)))
     dw, db = grads(x[:0], dy[:0])
     assert not np.any(dw) and not np.any(db)
     w = jnp.ones((20, 2, 3, 3), jnp.float32)
-    assert layers.conv(x[:0, :, :, :2], w, layout="NHWC").shape == (0, 10, 10, 20)
+    assert fast.conv(x[:0, :, :, :2], w).shape == (0, 10, 10, 20)
 
 
 def test_float64_runs_the_xla_formulations():
     x = jnp.ones((1, 5, 5, 10), jnp.float64)
     dy = jnp.ones((1, 3, 3, 4), jnp.float64)
-    text = jax.jit(lambda x, dy: layers._conv2d_nhwc_param_grads(x, dy, (3, 3), (0, 0))).lower(
+    text = jax.jit(lambda x, dy: fast.conv_weight_and_bias_grads(x, dy, (3, 3), (0, 0))).lower(
         x, dy).as_text()
     assert "jaxlenet_conv_param_grads" not in text
     w = jnp.ones((20, 2, 3, 3), jnp.float64)
-    text = jax.jit(lambda x: layers.conv(x, w, layout="NHWC")).lower(x[..., :2]).as_text()
+    text = jax.jit(lambda x: fast.conv(x, w)).lower(x[..., :2]).as_text()
     assert "jaxlenet_conv_forward" not in text
 
 
@@ -173,14 +180,40 @@ def test_build_failure_names_the_compiler_and_its_message(tmp_path, monkeypatch)
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
     with pytest.raises(OSError, match="broken-c\\+\\+.*no such header: ffi.h"):
-        cpu_kernels.build()
+        kernels.build()
     assert list((tmp_path / "jaxlenet" / "kernels").iterdir()) == []  # no partial library left
 
 
 @needs_kernels
 def test_build_is_cached_by_source(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = cpu_kernels.build()
+    first = kernels.build()
     assert first.parent == tmp_path / "jaxlenet" / "kernels" and first.stat().st_size > 0
     mtime = first.stat().st_mtime_ns
-    assert cpu_kernels.build() == first and first.stat().st_mtime_ns == mtime
+    assert kernels.build() == first and first.stat().st_mtime_ns == mtime
+
+
+@needs_kernels
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign", "no digest"])
+def test_a_damaged_library_in_the_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch, damage):
+    """Loading a truncated shared library kills the process (SIGBUS); a foreign one would be
+    called as ours. Each is found by the SHA-256 recorded at build time, and rebuilt."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library = kernels.build()
+    good = library.read_bytes()
+    assert good
+    if damage == "truncated":
+        library.write_bytes(good[: len(good) // 3])
+    elif damage == "empty":
+        library.write_bytes(b"")
+    elif damage == "foreign":
+        library.write_bytes(pathlib.Path(shutil.which("true")).read_bytes())
+    else:
+        library.with_name(library.name + ".sha256").unlink()
+    damaged = library.read_bytes() if library.exists() else None
+    assert kernels.build() == library
+    rebuilt = library.read_bytes()
+    assert rebuilt != damaged or damage == "no digest"
+    digest = library.with_name(library.name + ".sha256").read_text()
+    assert hashlib.sha256(rebuilt).hexdigest() == digest
+    assert ctypes.CDLL(str(library)).cpu_kernels_supported()  # loads, whole

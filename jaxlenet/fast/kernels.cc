@@ -1,4 +1,4 @@
-// jaxlenet's CPU kernels, called from XLA through its FFI (see cpu_kernels.py, which compiles this
+// jaxlenet's CPU kernels, called from XLA through its FFI (see kernels.py, which compiles this
 // file on first use). x86-64 with AVX-512F; cpu_kernels_supported() says whether this CPU has it.
 // All arrays are float32, channels-last, and x is padded already.
 //

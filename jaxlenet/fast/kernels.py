@@ -1,12 +1,14 @@
-"""jaxlenet's hand-written CPU kernels (``cpu_kernels.cc``), called from XLA through its FFI.
+"""jaxlenet's hand-written CPU kernels (``kernels.cc``), called from XLA through its FFI.
 
 Where XLA:CPU runs part of a training step far below the machine's speed and a short C++ loop
 does much better (docs/performance.md), the loop runs instead: on the CPU, for float32. Everywhere
 else (a GPU, float64, no kernels) the XLA formulation runs, which the tests compare the kernels
-with. The source is compiled on first use, or by ``python -m jaxlenet.cpu_kernels`` (which
-``scripts/setup.sh`` runs), into the user cache, keyed by the source and the jaxlib version. It
-needs a C++ compiler (``$CXX``, ``g++`` or ``c++``) and an x86-64 CPU with AVX-512; without them
-jaxlenet warns once and runs XLA's formulation. ``JAXLENET_CPU_KERNELS=0`` turns the kernels off.
+with. The source is compiled on first use, or by ``python -m jaxlenet.fast.kernels`` (which
+``scripts/setup.sh`` runs), into the user cache, keyed by the source and the jaxlib version, with
+the library's SHA-256 beside it: a library that does not match it (truncated, replaced, empty) is
+rebuilt, never loaded. Building needs a C++ compiler (``$CXX``, ``g++`` or ``c++``) and an x86-64
+CPU with AVX-512; without them jaxlenet warns once and runs XLA's formulation.
+``JAXLENET_CPU_KERNELS=0`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import jax.numpy as jnp
 import jaxlib
 from jax import lax
 
-from jaxlenet._files import user_cache
+from jaxlenet._files import atomic_write, user_cache
 
-_SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
+_SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _PARAM_GRADS = "jaxlenet_conv_param_grads"
 _FORWARD = "jaxlenet_conv_forward"
 _POOL_PARAM_GRADS = "jaxlenet_conv_pool_param_grads"
@@ -114,12 +116,13 @@ def available() -> bool:
 
 
 def build() -> pathlib.Path:
-    """Compiles ``cpu_kernels.cc`` into the user cache unless it is there already; returns the
-    shared library's path. Raises OSError (the compiler's message in it) if it cannot."""
+    """Compiles ``kernels.cc`` into the user cache unless a library that matches the SHA-256
+    recorded beside it at build time is there already; returns the shared library's path. Raises
+    OSError (the compiler's message in it) if it cannot."""
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
     library = user_cache() / "kernels" / f"cpu_kernels-{key}.so"
-    if library.exists():
+    if _intact(library):
         return library
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
@@ -135,10 +138,26 @@ def build() -> pathlib.Path:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise OSError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
+        digest = hashlib.sha256(pathlib.Path(partial).read_bytes()).hexdigest()
+        atomic_write(_digest_file(library), digest.encode())
         os.replace(partial, library)
     finally:
         pathlib.Path(partial).unlink(missing_ok=True)
     return library
+
+
+def _digest_file(library: pathlib.Path) -> pathlib.Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: pathlib.Path) -> bool:
+    """Whether ``library`` holds exactly the bytes its build recorded: loading a truncated shared
+    library kills the process (SIGBUS), and a foreign one would be called as ours."""
+    try:
+        recorded = _digest_file(library).read_text().strip()
+        return hashlib.sha256(library.read_bytes()).hexdigest() == recorded
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""A convolution, its activation and the max pool after it as one convolution over space-to-depth
+blocks, for the few-channel first layer of a network."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlenet import _checks
+from jaxlenet.fast import kernels
+from jaxlenet.fast.conv2d import FEW_CHANNELS, conv, input_grad, weight_and_bias_grads
+from jaxlenet.fast.pool import first_maximum, max_pool
+from jaxlenet.layers import ACTIVATIONS, relu
+
+
+def conv_max_pool(x, weight, bias=None, *, padding=0, window=2, activation: str | None = None):
+    """Equals ``layers.pool(act(layers.conv(x, weight, bias, padding=padding, layout="NHWC")),
+    window, layout="NHWC")`` with ``act`` the activation named ``activation`` (or none): a
+    stride-1 convolution of channels-last 2-D data ``x`` (N, H, W, C) and a max pool of
+    non-overlapping windows (stride = window, no padding, 'valid'). Values and gradients are the
+    two layers', the first maximum of a window taking its gradient.
+
+    Where the blocks have few channels (``window`` area x C <= ``FEW_CHANNELS``), it runs as one
+    convolution over blocks: x cut into windows of ph*pw*C channels, and a weight that computes
+    all ph*pw positions of a window as filters of their own, over a kernel of blocks; the max then
+    runs over a contiguous axis. That is more arithmetic than the convolution (1.44x for LeNet's
+    5x5 kernel and 2x2 windows) in shapes XLA:CPU runs much faster. Elsewhere the layers run one
+    after the other."""
+    def one_by_one(x, weight, bias):
+        y = conv(x, weight, bias, padding=padding)
+        return max_pool(ACTIVATIONS[activation](y) if activation else y, window, layout="NHWC")
+
+    out = jax.eval_shape(one_by_one, x, weight, bias)  # the layers' checks, with their errors
+    window = _checks.as_tuple("kernel", window, 2, default=1)
+    padding = _checks.as_tuple("pad", padding, 2, default=0)
+    if window[0] * window[1] * x.shape[-1] > FEW_CHANNELS:
+        return one_by_one(x, weight, bias)
+
+    n = x.shape[0]
+    out_channels, channels, kh, kw = weight.shape
+    ph, pw = window
+    hp, wp = out.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+    place, (bh, bw) = _space_to_depth_kernel(kh, kw, ph, pw)
+    # The blocks under the kept windows; a last partial block is zero-padded (its rows meet only
+    # zero weights).
+    rows, cols = ph * (hp + bh - 1), pw * (wp + bw - 1)
+    x = x[:, :rows, :cols]
+    x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
+    blocks = x.reshape(n, rows // ph, ph, cols // pw, pw, channels).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(n, rows // ph, cols // pw, ph * pw * channels)
+    block_weight = jnp.einsum("uvabcdpq,ozuv->pqocdzab", jnp.asarray(place, weight.dtype), weight)
+    block_weight = block_weight.reshape(ph * pw * out_channels, ph * pw * channels, bh, bw)
+    block_bias = jnp.zeros((out_channels,), weight.dtype) if bias is None else bias
+    block_bias = jnp.tile(block_bias, ph * pw)
+    # Channels ordered (row in window, column in window, filter): the window's positions in
+    # row-major order, so the first maximum is MXNet's. The batch axis stays an axis of its own,
+    # so that a batch split over devices stays split.
+    if activation == "relu":
+        return _conv_max_relu(blocks, block_weight, block_bias, ph * pw)
+    y = conv(blocks, block_weight, block_bias).reshape(n, hp, wp, ph * pw, out_channels)
+    # MXNet pools the activation's output; where the activation ties distinct inputs (sigmoid
+    # saturates), that decides which position takes the gradient.
+    y = _positions_max(ACTIVATIONS[activation](y) if activation else y)
+    return y.reshape(n, hp, wp, out_channels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_max_relu(blocks, weight, bias, positions):
+    """relu(max over the positions of conv(blocks, weight, bias)): the convolution's
+    (positions * O) filters are (position, filter) pairs; (N, Ho, Wo, O).
+
+    Differentiated, only the first position holding each maximum and whether it is positive are
+    kept, and the weight's gradient comes from them (``kernels.conv_pool_param_grads``): on the
+    CPU the convolution's cotangent, zero at all but one position of a window, is never written
+    out whole."""
+    y = conv(blocks, weight, bias)
+    # Undifferentiated, the ReLU runs before the max (the same values: ReLU commutes with max):
+    # it keeps XLA from fusing the max into the convolution's YNNPACK call, which runs slower.
+    return _positions_max(relu(y.reshape(y.shape[:3] + (positions, -1)))).reshape(
+        y.shape[:3] + (-1,))
+
+
+def _conv_max_relu_fwd(blocks, weight, bias, positions):
+    y = conv(blocks, weight, bias)
+    y = y.reshape(y.shape[:3] + (positions, -1))
+    top = jnp.max(y, axis=3, keepdims=True)
+    _, first = first_maximum(y, top, (3,))
+    top, first = top[:, :, :, 0], first[:, :, :, 0]
+    # The ReLU after the max: a window whose max is <= 0 passes no gradient (relu'(0) = 0).
+    return relu(top), (blocks, weight, first, top > 0)
+
+
+def _conv_max_relu_bwd(positions, residuals, cotangent):
+    blocks, weight, first, positive = residuals
+    dmax = jnp.where(positive, cotangent, jnp.zeros((), cotangent.dtype))
+
+    def conv_cotangent(first, dmax):
+        position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
+        dy = jnp.where(position == first[:, :, :, None], dmax[:, :, :, None],
+                       jnp.zeros((), dmax.dtype))
+        return dy.reshape(dy.shape[:3] + (-1,))
+
+    kernel = weight.shape[2:]
+    dw, db = kernels.conv_pool_param_grads(
+        blocks, first, dmax, weight.shape,
+        lambda blocks, first, dmax: weight_and_bias_grads(
+            blocks, conv_cotangent(first, dmax), kernel, (0, 0)))
+    # Unused when the blocks are the network's input (LeNet's images): XLA drops it then.
+    dblocks = input_grad(conv_cotangent(first, dmax), weight, (0, 0))
+    return dblocks.astype(blocks.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
+
+
+_conv_max_relu.defvjp(_conv_max_relu_fwd, _conv_max_relu_bwd)
+
+
+def _positions_max(y):
+    """Max over axis 3 of (N, H, W, positions, C), the first maximum taking the gradient."""
+    return max_pool(y, (1, 1, y.shape[3]), layout="NDHWC")
+
+
+@functools.cache
+def _space_to_depth_kernel(kh, kw, ph, pw):
+    """``place[u, v, bi, bj, di, dj, pi, pj] = 1`` where kernel tap (u, v) of the output at
+    position (pi, pj) of its pooling window reads row di, column dj of the input block (bi, bj)
+    blocks down and right; and the kernel's size in blocks."""
+    bh, bw = (ph + kh - 2) // ph + 1, (pw + kw - 2) // pw + 1
+    place = np.zeros((kh, kw, bh, bw, ph, pw, ph, pw), np.float32)
+    for u, v, pi, pj in np.ndindex(kh, kw, ph, pw):
+        bi, di = divmod(pi + u, ph)
+        bj, dj = divmod(pj + v, pw)
+        place[u, v, bi, bj, di, dj, pi, pj] = 1
+    return place, (bh, bw)
