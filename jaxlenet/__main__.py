@@ -1,5 +1,3 @@
-import sys
+from jaxlenet.cli import entry
 
-from jaxlenet.cli import main
-
-sys.exit(main())
+entry()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import tempfile
+import time
 
 
 def user_cache() -> pathlib.Path:
@@ -28,3 +30,14 @@ def atomic_write(target, data: bytes) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(directory, *, older_than: float = 0.0) -> None:
+    """Removes the temporary files ``atomic_write`` leaves in ``directory`` when a process is
+    killed mid-write, if they are at least ``older_than`` seconds old (a younger one may be
+    another process's write in progress)."""
+    now = time.time()
+    for part in pathlib.Path(directory).glob("*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime >= older_than:
+                part.unlink()

@@ -180,6 +180,10 @@ def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch
     report["peak_rss_mb_jax"] = round(peak_rss_mb, 1)
 
     use_torch = torch and target.platform == "cpu" and _torch_available()
+    if torch and target.platform == "cpu" and not use_torch:
+        say("PyTorch is not installed: no comparison (pip install torch==2.13.0 for the CPU "
+            "build this project compares with)")
+        report["torch"] = None
     torch_runs = {}
     if use_torch:
         import torch as torch_module

@@ -57,12 +57,17 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable checkpoint: not a whole .npz archive "
+                              "(truncated, or another kind of file)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a readable checkpoint (its metadata is not a record)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
     if _digest(arrays, meta) != meta.get("sha256"):
@@ -70,8 +75,10 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def restore(arrays: dict[str, np.ndarray], part: str, template):
-    """Rebuilds pytree ``part`` with the structure, shapes and dtypes of ``template``."""
+def restore(arrays: dict[str, np.ndarray], part: str, template, *, finite: bool = False):
+    """Rebuilds pytree ``part`` with the structure of ``template``; every array must have its
+    template's shape and dtype exactly (nothing is cast), and with ``finite`` hold no NaN or
+    infinity."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     restored = []
     for path, leaf in leaves:
@@ -79,9 +86,15 @@ def restore(arrays: dict[str, np.ndarray], part: str, template):
         if key not in arrays:
             raise CheckpointError(f"checkpoint lacks {key}: it was written for another model or "
                                   "optimiser")
-        value = arrays[key]
-        if value.shape != np.shape(leaf):
+        value, expected = arrays[key], np.asarray(leaf)
+        if value.shape != expected.shape:
             raise CheckpointError(f"checkpoint {key} has shape {value.shape}, the model expects "
-                                  f"{np.shape(leaf)}")
-        restored.append(value.astype(np.asarray(leaf).dtype))
+                                  f"{expected.shape}")
+        if value.dtype != expected.dtype:
+            raise CheckpointError(f"checkpoint {key} has dtype {value.dtype}, the model expects "
+                                  f"{expected.dtype}")
+        if finite and np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {key} holds NaN or infinite values: the run it "
+                                  "came from had diverged")
+        restored.append(value)
     return jax.tree_util.tree_unflatten(treedef, restored)

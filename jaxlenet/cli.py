@@ -1,7 +1,8 @@
 """The ``jaxlenet`` command: argument parsing only; the work is in train, data, models and bench.
 
-Usage errors and bad values exit with status 2 and one line on stderr; a diverged run exits 3;
-an interrupted one 130, its last checkpoint intact."""
+Usage errors, bad values and files that cannot be used exit with status 2 and one line on stderr;
+a diverged run exits 3; a run that ends at chance level 4; an interrupted one 130, its last
+checkpoint intact."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE, EXIT_DIVERGED, EXIT_AT_CHANCE, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 class UsageError(Exception):
@@ -28,20 +30,39 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _int_at_least(minimum: int, what: str):
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with what was kept: reported in one line, exit status 130."""
+
+
+def _int_between(minimum: int, maximum: int, what: str):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
+        if not minimum <= value <= maximum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+_positive_int = _int_between(1, 2 ** 31 - 1, "a positive integer below 2**31")
+_non_negative_int = _int_between(0, 2 ** 31 - 1, "an integer from 0 to 2**31 - 1")
+_epochs = _int_between(1, 100_000, "a number of epochs from 1 to 100,000")
+_seed = _int_between(0, 2 ** 63 - 1, "an integer from 0 to 2**63 - 1")
+
+
+def _batch_size(text):
+    from jaxlenet.train import MAX_BATCH_SIZE
+    return _int_between(1, MAX_BATCH_SIZE, f"a batch size from 1 to {MAX_BATCH_SIZE:,} "
+                        "(the training set)")(text)
+
+
+def _coordinator(text):
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 10.0.0.1:1234), got {text!r}")
+    return text
 
 
 def _finite_float(text):
@@ -65,17 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxlenet.train import Config
 
     defaults = Config()
+    from jaxlenet import __version__
+
     parser = _Parser(prog="jaxlenet", description="LeNet on Fashion-MNIST, exact to MXNet, in JAX.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"jaxlenet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                     metavar="COMMAND")
 
     train = commands.add_parser(
         "train", help="train a LeNet on Fashion-MNIST",
-        description="Train a LeNet on Fashion-MNIST. With --resume, the run continues with the "
-                    "configuration its checkpoint recorded; flags given override it.")
+        description="Train a LeNet on Fashion-MNIST. --recipe starts from a named configuration, "
+                    "which the other flags amend. With --resume, the run continues with the "
+                    "configuration its checkpoint recorded: flags given must match it, except "
+                    "--epochs, which may extend a constant-rate run.")
+    train.add_argument("--recipe", choices=("default", "tutorial", "tutorial-lenet5"),
+                       help="'tutorial': the tutorial's LeNet (uniform init, SGD lr 0.5 without "
+                            "momentum, batch 256, 10 epochs); 'tutorial-lenet5': its LeNet-5 "
+                            "(Xavier, lr 0.9, batch 256, 5 epochs); 'default': jaxlenet's "
+                            "defaults below")
     option = functools.partial(_config_option, train, defaults)
     option("--model", choices=("lenet", "lenet5"))
-    option("--epochs", type=_positive_int)
-    option("--batch-size", type=_positive_int)
+    option("--epochs", type=_epochs)
+    option("--batch-size", type=_batch_size)
     option("--lr", type=_finite_float, help="learning rate")
     option("--momentum", type=_finite_float)
     option("--nesterov", action="store_const", const=True, help="Nesterov momentum")
@@ -84,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
            help="normal(0.01), MXNet's Xavier, or MXNet's default uniform(0.07)")
     option("--schedule", choices=("constant", "cosine"),
            help="learning rate: constant, or a half cosine down to 0 at the end")
-    option("--seed", type=_non_negative_int)
+    option("--seed", type=_seed)
     option("--impl", choices=("auto", "reference", "fast"),
            help="'fast' (jaxlenet.fast) or 'reference' (jaxlenet.layers); 'auto' is fast on the "
                 "CPU, reference on a GPU")
     train.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files")
-    train.add_argument("--out", default="runs/lenet", help="run directory (default: runs/lenet)")
+    train.add_argument("--out", help="run directory (default: runs/MODEL, or runs/MODEL-2, -3, "
+                                     "... if that holds a run)")
     train.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--devices", type=_positive_int,
@@ -98,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-host", "one command per host; each flag also reads $JAXLENET_COORDINATOR, "
         "$JAXLENET_NUM_PROCESSES, $JAXLENET_PROCESS_ID")
     cluster.add_argument("--coordinator", default=os.environ.get("JAXLENET_COORDINATOR"),
-                         metavar="HOST:PORT", help="address of process 0")
+                         type=_coordinator, metavar="HOST:PORT", help="address of process 0")
+    cluster.add_argument("--coordinator-timeout", type=_positive_int, default=60,
+                         metavar="SECONDS",
+                         help="how long to wait for every process to join (default: 60)")
     cluster.add_argument("--num-processes", type=_positive_int,
                          default=os.environ.get("JAXLENET_NUM_PROCESSES"))
     cluster.add_argument("--process-id", type=_non_negative_int,
                          default=os.environ.get("JAXLENET_PROCESS_ID"))
-    train.add_argument("--limit", type=_positive_int, help="train on the first N examples only")
+    option("--limit", type=_positive_int, help="train on the first N examples only")
     train.add_argument("--no-plots", action="store_true", help="skip curves.png/predictions.png")
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of a checkpoint")
@@ -135,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time training and inference")
     bench.add_argument("--model", choices=("lenet", "lenet5", "all"), default="all")
-    bench.add_argument("--epochs", type=_positive_int, default=2,
+    bench.add_argument("--epochs", type=_epochs, default=2,
                        help="timed epochs per framework (after a warm-up)")
-    bench.add_argument("--batch-size", type=_positive_int, default=256)
+    bench.add_argument("--batch-size", type=_batch_size, default=256)
     bench.add_argument("--limit", type=_positive_int, help="examples per epoch (default: 60,000)")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     bench.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -160,50 +196,118 @@ def _start_cluster(args) -> None:
     import jax
     # CPU processes need a collectives implementation to sum gradients across hosts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, num_processes, process_id)
+    timeout = args.coordinator_timeout
+    what = f"the run at {args.coordinator} as process {process_id} of {num_processes}"
+    print(f"jaxlenet: process {process_id} of {num_processes}: waiting up to {timeout} s for the "
+          f"coordinator at {args.coordinator} and the other processes", file=sys.stderr,
+          flush=True)
+    joined = threading.Event()
+
+    def give_up():
+        # XLA aborts the process with a C++ stack trace when its own deadline passes: this
+        # reports the failure in one line before it does.
+        if not joined.wait(timeout):
+            print(f"jaxlenet: error: could not join {what} within {timeout} s: is every "
+                  "process started, and the coordinator's address right?", file=sys.stderr,
+                  flush=True)
+            os._exit(EXIT_USAGE)
+
+    threading.Thread(target=give_up, daemon=True).start()
+    try:
+        jax.distributed.initialize(args.coordinator, num_processes, process_id,
+                                   initialization_timeout=timeout + 60)
+    except Exception as exc:  # the coordination service's errors have no public type
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"could not join {what}: {reason}") from None
+    finally:
+        joined.set()
+
+
+def _default_out(model: str) -> pathlib.Path:
+    """runs/MODEL, or the first of runs/MODEL-2, -3, ... that holds no run."""
+    from jaxlenet import runs
+
+    base = pathlib.Path("runs") / model
+    out, number = base, 1
+    while out.exists() and (not out.is_dir() or (out / runs.CHECKPOINT).exists()):
+        number += 1
+        out = base.with_name(f"{model}-{number}")
+    return out
 
 
 def _train(args) -> int:
-    _start_cluster(args)
-    import jax
+    from jaxlenet import train
 
-    from jaxlenet import data, devices, models, plots, train
-
-    out = pathlib.Path(args.out)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(train.Config)
              if getattr(args, f.name) is not None}
     if args.resume:
-        config = dataclasses.replace(train.load_checkpoint(out)[0], **given)
-    elif (out / train.CHECKPOINT).exists():
-        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose "
-                         "another --out")
+        if args.recipe is not None:
+            raise UsageError("--recipe starts a new run; --resume continues one with the "
+                             "configuration it recorded")
+        out = pathlib.Path(args.out if args.out is not None else
+                           pathlib.Path("runs") / (args.model or train.Config.model))
+        saved, done = train.read_run(out)
+        config = dataclasses.replace(saved, **given)
     else:
-        config = train.Config(**given)
-    dataset = data.load_fashion_mnist(args.data_dir)
+        config = train.Config(**{**train.RECIPES[args.recipe or "default"], **given})
+        out = pathlib.Path(args.out) if args.out is not None else _default_out(config.model)
+        if str(args.out) == "":
+            raise UsageError("--out is empty: name a directory")
+        done = 0
+    _start_cluster(args)
+    import jax
+
+    from jaxlenet import data, devices, models, plots
+
+    dataset = data.load_fashion_mnist(args.data_dir, warn=_warn)
     writer = jax.process_index() == 0
-    with train.run_lock(out) if writer else contextlib.nullcontext():
-        mesh = devices.make_mesh(args.device, args.devices)
-        platform = mesh.devices.flat[0].platform
-        if writer:
-            impl = models.choose_impl(config.impl, platform=platform)
-            print(f"jaxlenet: training {config.model} ({impl} implementation) on {mesh.size} "
-                  f"{platform} device(s), {jax.process_count()} process(es) "
-                  f"({json.dumps(dataclasses.asdict(config))})", file=sys.stderr)
+    try:
         params, history = train.fit(config, dataset, out_dir=out, resume=args.resume,
-                                    device=args.device, devices=args.devices, limit=args.limit,
+                                    device=args.device, devices=args.devices,
                                     progress=sys.stderr.isatty(),
-                                    log=print if writer else lambda _: None)
-        if writer and not args.no_plots and history:
-            plots.plot_curves(history, out / "curves.png")
-            (_, _), (test_x, test_y) = dataset
-            model = models.build(config.model, impl=config.impl, platform=platform)
-            probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
-            plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
-                                   out / "predictions.png")
-    if writer:
-        print(f"jaxlenet: wrote {out}/checkpoint.npz, metrics.jsonl"
-              + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
+                                    log=print if writer else lambda _: None, warn=_warn,
+                                    announce=_warn)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept_after_interrupt(out)) from None
+    if not writer:
+        return 0
+    if history and history[-1]["epoch"] > done and not args.no_plots:
+        plots.plot_curves(history, out / "curves.png")
+        (_, _), (test_x, test_y) = dataset
+        model = models.build(config.model, impl=config.impl,
+                             platform=devices.select_device(args.device).platform)
+        probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
+        plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
+                               out / "predictions.png")
+    print(f"jaxlenet: {out} holds checkpoint.npz, metrics.jsonl"
+          + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
+    if history and train.at_chance(history[-1]["test_loss"], history[-1]["test_acc"]):
+        print(f"jaxlenet: failed: the run ended at chance level (test accuracy "
+              f"{history[-1]['test_acc']:.3f}): it learned nothing. "
+              f"{train.chance_advice(config, config.epochs * _steps(config))}",
+              file=sys.stderr)
+        return EXIT_AT_CHANCE
     return 0
+
+
+def _steps(config) -> int:
+    """Optimiser steps per epoch of ``config`` on Fashion-MNIST's 60,000 training images."""
+    return -(-min(config.limit or 60_000, 60_000) // config.batch_size)
+
+
+def _kept_after_interrupt(out: pathlib.Path) -> str:
+    from jaxlenet import checkpoint, train
+
+    try:
+        _, epoch = train.read_run(out)
+    except checkpoint.CheckpointError:
+        return "interrupted before the first epoch ended: nothing was saved"
+    return (f"interrupted; the checkpoint of epoch {epoch} in {out} is intact (continue with "
+            f"--resume --out {out})")
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _evaluate(args) -> int:
@@ -286,25 +390,59 @@ def _terminate(signum, frame):
 def main(argv=None) -> int:
     from jaxlenet.checkpoint import CheckpointError
     from jaxlenet.data import DataError
-    from jaxlenet.train import RunLocked, TrainingDiverged
+    from jaxlenet.runs import RunLocked
+    from jaxlenet.train import TrainingDiverged
 
     with contextlib.suppress(ValueError):  # not in the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, _terminate)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return EXIT_USAGE
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, TypeError, DataError, CheckpointError, RunLocked,
-            FileNotFoundError) as exc:
+            OSError) as exc:
         print(f"jaxlenet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as exc:
         print(f"jaxlenet: diverged: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
-    except KeyboardInterrupt:
-        print("\njaxlenet: interrupted; the last completed epoch's checkpoint is intact "
-              "(continue with --resume)", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"\njaxlenet: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("\njaxlenet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if type(exc).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
+            raise
+        print(f"jaxlenet: error: {_runtime_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _runtime_error(exc: Exception) -> str:
+    """One line for an error XLA raised while running a program."""
+    text = str(exc).strip()
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        return ("out of memory running the compiled program; use a smaller --batch-size "
+                f"({text.splitlines()[0][:200]})")
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def entry() -> None:
+    """The console command: ``main``, then the process ends. After an interrupt it ends at once
+    (its files are consistent: every write is atomic), not through the interpreter's teardown,
+    which can crash while XLA still runs the interrupted epoch."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 import pathlib
 import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlenet._files import atomic_write, user_cache
+from jaxlenet._files import atomic_write, remove_partial_writes, user_cache
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -59,19 +63,36 @@ class DataError(ValueError):
 # -------------------------------------------------------------------------------------- IDX files
 
 
-def read_payload(path) -> bytes:
-    """The file's bytes, decompressed if it is gzip (by its magic bytes, not its name)."""
+def read_payload(path, *, max_size: int | None = None) -> bytes:
+    """The file's bytes, decompressed if it is gzip (by its magic bytes, not its name). With
+    ``max_size``, a file whose payload is larger is refused before more than ``max_size`` bytes
+    are read or decompressed (a gzip bomb costs nothing)."""
     path = pathlib.Path(path)
     try:
+        size = path.stat().st_size
+        # A gzip file of a payload is never much larger than the payload.
+        if max_size is not None and size > max_size + max_size // 100 + 1024:
+            raise DataError(f"{path}: {size:,} bytes, more than the {max_size:,} expected")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return decompress(raw, str(path), max_size=max_size)
+
+
+def decompress(raw: bytes, name: str, *, max_size: int | None = None) -> bytes:
+    """``raw`` gunzipped if it is gzip, as it is otherwise; refused (``DataError``) when the
+    payload is larger than ``max_size``, which is then all that is decompressed."""
     if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        payload = raw
+    else:
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+                payload = stream.read(-1 if max_size is None else max_size + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    if max_size is not None and len(payload) > max_size:
+        raise DataError(f"{name}: holds more than the {max_size:,} bytes expected")
+    return payload
 
 
 def parse_idx(payload: bytes, name: str = "IDX data") -> np.ndarray:
@@ -141,12 +162,14 @@ def download(directory=None, *, mirrors=None, timeout: float = 30.0, retries: in
         mirrors = tuple(filter(None, os.environ.get("JAXLENET_MIRROR", "").split(","))) or MIRRORS
     directory = pathlib.Path(directory) if directory else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(directory, older_than=3600)  # a younger one may be another download's
     progress = sys.stderr.isatty() if progress is None else progress
-    for filename, digest, _ in FILES.values():
+    for filename, digest, shape in FILES.values():
         target = directory / filename
+        size = payload_size(shape)
         if target.is_file():
             try:
-                if sha256(read_payload(target)) == digest:
+                if sha256(read_payload(target, max_size=size)) == digest:
                     continue
             except DataError:
                 pass
@@ -154,8 +177,9 @@ def download(directory=None, *, mirrors=None, timeout: float = 30.0, retries: in
         for mirror in mirrors:
             for attempt in range(retries):
                 try:
-                    raw = _fetch(mirror + filename, timeout, progress)
-                    payload = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+                    raw = _fetch(mirror + filename, timeout, progress,
+                                 max_bytes=size + size // 100 + 1024)
+                    payload = decompress(raw, mirror + filename, max_size=size)
                     if sha256(payload) != digest:
                         raise DataError(f"checksum mismatch (SHA-256 {sha256(payload)[:12]}..., "
                                         f"expected {digest[:12]}...)")
@@ -175,13 +199,15 @@ def download(directory=None, *, mirrors=None, timeout: float = 30.0, retries: in
     return directory
 
 
-def _fetch(url: str, timeout: float, progress: bool) -> bytes:
+def _fetch(url: str, timeout: float, progress: bool, max_bytes: int) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0)
         chunks, done = [], 0
         while chunk := response.read(1 << 16):
             chunks.append(chunk)
             done += len(chunk)
+            if done > max_bytes:
+                raise DataError(f"the server sent more than the {max_bytes:,} bytes expected")
             if progress:
                 share = f"{100 * done / total:5.1f}%" if total else f"{done >> 10} KiB"
                 print(f"\rdownloading {url.rsplit('/', 1)[-1]}: {share}", end="", file=sys.stderr)
@@ -195,10 +221,20 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
 # ------------------------------------------------------------------------------------------- load
 
 
-def load_fashion_mnist(data_dir=None, *, allow_download: bool = True):
+def load_fashion_mnist(data_dir=None, *, allow_download: bool = True,
+                       warn: Callable[[str], None] | None = None):
     """``(train_images, train_labels), (test_images, test_labels)``: uint8 images (N, 28, 28) and
-    int32 labels in [0, 9], 60,000 and 10,000 of them, each file verified by checksum."""
+    int32 labels in [0, 9], 60,000 and 10,000 of them, each file verified by checksum.
+
+    A ``data_dir`` that does not hold the four files is reported through ``warn`` (default:
+    ``warnings.warn``) when another copy is used instead."""
     directory = locate(data_dir)
+    if data_dir is not None and directory != pathlib.Path(data_dir).expanduser():
+        problem = _missing_files(pathlib.Path(data_dir).expanduser())
+        if directory is not None or allow_download:
+            instead = str(directory) if directory is not None else "a download"
+            (warn or warnings.warn)(f"jaxlenet: --data-dir {data_dir} {problem}; using "
+                                    f"{instead} instead")
     if directory is None:
         looked = ", ".join(str(d) for d in search_path(data_dir))
         if not allow_download:
@@ -208,12 +244,13 @@ def load_fashion_mnist(data_dir=None, *, allow_download: bool = True):
     arrays = {}
     for name, (filename, digest, shape) in FILES.items():
         path = _find(directory, filename)
-        payload = read_payload(path)
+        payload = read_payload(path, max_size=payload_size(shape))
         if sha256(payload) != digest:
             if directory == cache_dir():  # ours to repair
                 path.unlink()
                 download(directory)
-                return load_fashion_mnist(data_dir, allow_download=allow_download)
+                return load_fashion_mnist(data_dir, allow_download=allow_download,
+                                          warn=warn)
             raise DataError(f"{path}: checksum mismatch: the decompressed payload's SHA-256 is "
                             f"{sha256(payload)}, expected {digest}")
         array = parse_idx(payload, str(path))
@@ -222,6 +259,20 @@ def load_fashion_mnist(data_dir=None, *, allow_download: bool = True):
         arrays[name] = array
     return ((arrays["train_images"], _labels(arrays["train_labels"], "train labels")),
             (arrays["test_images"], _labels(arrays["test_labels"], "test labels")))
+
+
+def payload_size(shape: tuple[int, ...]) -> int:
+    """Bytes of an IDX file of uint8 values of ``shape``: magic, dimensions, data."""
+    return 4 + 4 * len(shape) + math.prod(shape)
+
+
+def _missing_files(directory: pathlib.Path) -> str:
+    if not directory.exists():
+        return "does not exist"
+    if not directory.is_dir():
+        return "is not a directory"
+    missing = [f for f, _, _ in FILES.values() if not _find(directory, f)]
+    return f"lacks {', '.join(missing)}"
 
 
 def _labels(labels: np.ndarray, name: str) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import pathlib
@@ -25,8 +24,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from jaxlenet import checkpoint, data, models
-from jaxlenet._files import atomic_write
+from jaxlenet import checkpoint, data, models, runs
 from jaxlenet.devices import make_mesh, replicate, shard_examples, summed_over_batch_shards, to_host
 from jaxlenet.losses import softmax_cross_entropy
 
@@ -45,26 +43,33 @@ class Config:
     schedule: str = "cosine"
     seed: int = 0
     impl: str = "auto"
+    limit: int | None = None
 
     def __post_init__(self):
         if self.model not in models.MODELS:
             raise ValueError(f"model {self.model!r} is not one of {tuple(models.MODELS)}")
-        for name in ("epochs", "batch_size", "seed"):
+        for name in ("epochs", "batch_size", "seed", "limit"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if (isinstance(value, bool) or not isinstance(value, int)) and not (
+                    name == "limit" and value is None):
                 raise TypeError(f"{name} must be an int, got {value!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs {self.epochs} must be at least 1")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size {self.batch_size} must be at least 1")
-        if self.seed < 0:
-            raise ValueError(f"seed {self.seed} must not be negative")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size {self.batch_size} must be between 1 and "
+                             f"{MAX_BATCH_SIZE:,}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed {self.seed} must be between 0 and 2**63 - 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit {self.limit} must be at least 1")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} {value!r} must be a finite number >= 0")
-        if self.lr == 0:
-            raise ValueError("lr 0 would not train: it must be > 0")
+            if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+                    or not math.isfinite(np.float32(value))):
+                raise ValueError(f"{name} {value!r} must be a finite number >= 0 (in float32)")
+        if not np.float32(self.lr) >= np.finfo(np.float32).tiny:
+            raise ValueError(f"lr {self.lr!r} would not train: it must be at least "
+                             f"{np.finfo(np.float32).tiny:.3g} (float32's smallest normal number)")
         if self.momentum >= 1:
             raise ValueError(f"momentum {self.momentum} must be below 1")
         if self.schedule not in SCHEDULES:
@@ -84,6 +89,19 @@ class Config:
 
 
 SCHEDULES = ("constant", "cosine")
+# A batch larger than this would not fit in memory, nor in the dataset.
+MAX_BATCH_SIZE = 60_000
+
+# Named starting points for a Config (``Config(**RECIPES[name])``); fields given beside one win.
+RECIPES = {
+    "default": {},
+    # The tutorial's LeNet: MXNet's default uniform(0.07) init, plain SGD at 0.5, batch 256.
+    "tutorial": dict(model="lenet", epochs=10, batch_size=256, lr=0.5, momentum=0.0,
+                     weight_decay=0.0, init="uniform", schedule="constant"),
+    # The tutorial's LeNet-5: sigmoids, Xavier, plain SGD at 0.9, batch 256, 5 epochs.
+    "tutorial-lenet5": dict(model="lenet5", epochs=5, batch_size=256, lr=0.9, momentum=0.0,
+                            weight_decay=0.0, init="xavier", schedule="constant"),
+}
 
 
 class TrainingDiverged(RuntimeError):
@@ -187,31 +205,6 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
 # -------------------------------------------------------------------------------------------- fit
 
 
-class RunLocked(RuntimeError):
-    """Another process is training into the same run directory."""
-
-
-@contextlib.contextmanager
-def run_lock(out_dir):
-    """Holds an exclusive lock on ``out_dir/.lock`` for the life of a run, so two ``train``
-    commands never interleave their checkpoints; the OS drops it if the process dies."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"another run is training into {out} (it holds "
-                            f"{out / '.lock'})") from None
-        try:
-            yield out
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.jsonl"
-
-
 def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | None = None):
     """(model, optimiser, params, opt_state, shuffle key) for a fresh run; the model in the
     implementation ``config.impl`` picks for ``platform`` (default: JAX's default backend)."""
@@ -225,76 +218,111 @@ def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | N
 def load_checkpoint(path, *, impl: str | None = None, platform: str | None = None):
     """(config, model, params, opt_state, shuffle key, epochs done) from a checkpoint file or the
     run directory holding one. The model runs the implementation the run chose for ``platform``
-    (``config.impl``), or ``impl`` if given: parameters are the same in every implementation."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
+    (``config.impl``), or ``impl`` if given: parameters are the same in every implementation.
+    Raises ``CheckpointError`` for a file that is damaged or does not fit the model."""
+    path = _checkpoint_file(path)
     meta, arrays = checkpoint.read(path)
+    config, epoch = _recorded_run(meta, path)
+    model, opt, params, opt_state, key = initial_state(
+        dataclasses.replace(config, impl=impl or config.impl), platform=platform)
+    params = checkpoint.restore(arrays, "params", params, finite=True)
+    opt_state = checkpoint.restore(arrays, "opt_state", opt_state, finite=True)
+    key = checkpoint.restore(arrays, "key", key)
+    return config, model, params, opt_state, key, epoch
+
+
+def read_run(path) -> tuple[Config, int]:
+    """(configuration, epochs done) of the checkpoint in run directory ``path``, or of the
+    checkpoint file ``path``; raises ``CheckpointError``."""
+    path = _checkpoint_file(path)
+    return _recorded_run(checkpoint.read(path)[0], path)
+
+
+def _checkpoint_file(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    return path / runs.CHECKPOINT if path.is_dir() else path
+
+
+def _recorded_run(meta: dict, path) -> tuple[Config, int]:
     try:
-        config = Config.from_dict(meta["config"])
+        config, epoch = Config.from_dict(meta["config"]), meta["epoch"]
     except (KeyError, TypeError, ValueError) as exc:
         raise checkpoint.CheckpointError(
             f"{path}: bad configuration in checkpoint ({exc})") from None
-    model, opt, params, opt_state, key = initial_state(
-        dataclasses.replace(config, impl=impl or config.impl), platform=platform)
-    params = checkpoint.restore(arrays, "params", params)
-    opt_state = checkpoint.restore(arrays, "opt_state", opt_state)
-    key = checkpoint.restore(arrays, "key", key)
-    return config, model, params, opt_state, key, int(meta["epoch"])
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= config.epochs:
+        raise checkpoint.CheckpointError(f"{path}: epoch {epoch!r} is not between 1 and the "
+                                         f"run's {config.epochs} epochs")
+    return config, epoch
 
 
 def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: str = "auto",
-        devices: int | None = None, log: Callable[[str], None] = print, progress: bool = False,
-        limit: int | None = None):
+        devices: int | None = None, log: Callable[[str], None] = print,
+        warn: Callable[[str], None] | None = None, announce: Callable[[str], None] | None = None,
+        progress: bool = False):
     """Trains ``config`` on ``dataset`` = ((train_images, train_labels), (test_images,
-    test_labels)) (uint8 (N, 28, 28), int labels). Per epoch: logs one line, appends to
-    ``out_dir/metrics.jsonl`` and writes ``out_dir/checkpoint.npz`` atomically. ``resume``
-    continues from that checkpoint and ends with exactly the parameters of an uninterrupted run.
-    ``devices`` is how many devices of the chosen platform share each batch (default: all; the
-    batch size must divide evenly); only process 0 of a multi-process run writes files.
-    ``limit`` keeps the first ``limit`` training examples (for smoke runs).
-    Returns (params, history: list of per-epoch dicts)."""
-    (train_x, train_y), (test_x, test_y) = dataset
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
+    test_labels)) (uint8 (N, 28, 28), int labels). Per epoch: logs one line and, with an
+    ``out_dir``, writes ``checkpoint.npz`` and ``metrics.jsonl`` there atomically.
+
+    ``out_dir`` is locked for the run (``runs.open_run``); one that holds a run is refused unless
+    ``resume``, which continues it and ends with exactly the parameters of an uninterrupted run
+    (every field of ``config`` but ``epochs`` must be the recorded one). ``devices`` is how many
+    devices of the chosen platform share each batch (default: all; the batch size must divide
+    evenly); only process 0 of a multi-process run writes files. A run still at chance level
+    after an epoch is reported through ``warn`` (default: stderr), with the likely cause.
+    ``announce``, if given, gets one line saying what trains where, once the run directory is
+    locked and checked. Returns (params, history: list of per-epoch dicts)."""
     mesh = make_mesh(device, devices)
+    if jax.process_index() == 0 and out_dir is not None:
+        run = runs.open_run(out_dir, resume=resume, describe=lambda out: _taken(out, config))
+    else:
+        run = contextlib.nullcontext()
+    with run as out:
+        return _fit(config, dataset, out, out_dir, resume, mesh, log, warn or _stderr, announce,
+                    progress)
+
+
+def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progress):
+    """``fit`` in the locked run directory ``out`` (None on processes that write nothing)."""
+    (train_x, train_y), (test_x, test_y) = dataset
+    if config.limit is not None:
+        train_x, train_y = train_x[:config.limit], train_y[:config.limit]
     platform = mesh.devices.flat[0].platform
     if config.batch_size % mesh.size:
         raise ValueError(f"batch size {config.batch_size} does not divide evenly over "
                          f"{mesh.size} devices; choose a multiple of {mesh.size} or --devices")
     steps_per_epoch = -(-len(train_x) // config.batch_size)
-    out = pathlib.Path(out_dir) if out_dir and jax.process_index() == 0 else None
     start, history = 0, []
     if resume:
-        if not out_dir or not (pathlib.Path(out_dir) / CHECKPOINT).exists():
-            raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out_dir}")
         saved, model, params, opt_state, key, start = load_checkpoint(out_dir, platform=platform)
-        if dataclasses.replace(saved, epochs=config.epochs) != config:
-            raise ValueError(f"--resume: the checkpoint in {out_dir} was written with {saved}, "
-                             f"which differs from {config} in more than epochs")
-        if saved.schedule == "cosine" and saved.epochs != config.epochs:
-            raise ValueError(f"--resume: the run in {out_dir} decays its learning rate over "
-                             f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
-                             f"to {config.epochs}; start a new run instead")
-        history = load_history(out_dir)
+        check_resumable(saved, config, out_dir)
+        history = runs.load_history(out_dir, warn=warn if out is not None else None)
         opt = optimizer(config, steps_per_epoch)
+        if start >= config.epochs:
+            log(f"the run in {out_dir} is already complete ({start} of {config.epochs} epochs); "
+                "nothing to train")
+            return params, history
+        if out is not None:
+            runs.write_metrics(out, history)
     else:
         model, opt, params, opt_state, key = initial_state(config, steps_per_epoch,
                                                             platform=platform)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_metrics(out, history)
 
+    if announce is not None and jax.process_index() == 0:
+        where = f", into {out}" if out is not None else ""
+        announce(f"jaxlenet: training {config.model} ({model.impl} implementation) on "
+                 f"{mesh.size} {platform} device(s), {jax.process_count()} process(es){where} "
+                 f"({json.dumps(config.to_dict())})")
     train_x, train_y, test_x, test_y = shard_examples((train_x, train_y, test_x, test_y), mesh)
     params, opt_state = replicate((params, opt_state), mesh)
     show = _progress_bar if progress and jax.process_index() == 0 else None
     train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show, mesh=mesh)
     evaluate = make_evaluate(model, mesh=mesh)
 
+    warned = False
     for epoch in range(start + 1, config.epochs + 1):
         began = time.perf_counter()
         params, opt_state, loss, train_acc = train_epoch(params, opt_state, train_x, train_y,
-                                              jax.random.fold_in(key, epoch))
+                                                         jax.random.fold_in(key, epoch))
         loss = float(to_host(loss))
         seconds = time.perf_counter() - began
         if progress:
@@ -303,7 +331,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
             kept = (f"the checkpoint of epoch {epoch - 1} in {out} is intact"
                     if out is not None and epoch > 1 else "no checkpoint was written")
             raise TrainingDiverged(f"epoch {epoch}: the training loss is {loss}; stopped ({kept}). "
-                                   f"Try a smaller learning rate than {config.lr}")
+                                   + _divergence_advice(config))
         test_loss, test_acc = to_host(evaluate(params, test_x, test_y))
         record = {"epoch": epoch, "loss": round(loss, 6),
                   "train_acc": round(float(to_host(train_acc)), 6),
@@ -312,13 +340,88 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         history.append(record)
         log(f"epoch {epoch}  loss {loss:.4f}  train acc {record['train_acc']:.3f}  "
             f"test acc {record['test_acc']:.3f}  time {seconds:.1f} s")
+        if at_chance(loss, record["train_acc"]) and not warned:
+            warn(f"jaxlenet: warning: after epoch {epoch} the loss is {loss:.3f} and the train "
+                 f"accuracy {record['train_acc']:.3f}: chance level, nothing learned yet. "
+                 + chance_advice(config, epoch * steps_per_epoch))
+            warned = True
         if out is not None:
-            checkpoint.save(out / CHECKPOINT,
+            checkpoint.save(out / runs.CHECKPOINT,
                             to_host({"params": params, "opt_state": opt_state, "key": key}),
                             {"epoch": epoch, "config": config.to_dict(), "impl": model.impl,
                              "history": history})
-            _write_metrics(out, history)
+            runs.write_metrics(out, history)
     return to_host(params), history
+
+
+def at_chance(loss: float, accuracy: float) -> bool:
+    """Whether a mean loss and an accuracy over 10 classes are at chance level: the loss near
+    ln 10, the accuracy near 0.1."""
+    return loss > 0.9 * math.log(10) and accuracy < 0.2
+
+
+def chance_advice(config: Config, steps: int | None = None) -> str:
+    """The likely reason a run of ``config`` is stuck at chance level after ``steps`` optimiser
+    steps, and what to change."""
+    step = config.lr / (1 - config.momentum)
+    if config.momentum and step > 1:
+        return (f"lr {config.lr:g} with momentum {config.momentum:g} moves like lr {step:g} "
+                "without it, far too large: lower --lr (the default is 0.05), or use --momentum 0 "
+                "for the tutorial's lr 0.5 (--recipe tutorial)")
+    if step > 1 and config.model == "lenet":
+        return f"lr {config.lr:g} is too large for this recipe: lower --lr"
+    if config.model == "lenet5":
+        return ("LeNet-5's sigmoids can take a few epochs to leave chance (the tutorial's run "
+                "does); if it ends there, raise --lr or train for more --epochs")
+    if steps is not None and steps < 200:
+        return (f"{steps} optimiser steps may be too few to learn: train on more images (no "
+                "--limit) or for more --epochs")
+    return "try another --lr or --init"
+
+
+def _divergence_advice(config: Config) -> str:
+    if config.weight_decay >= 0.1:
+        return (f"Weight decay {config.weight_decay:g} is far too large (typical values are 1e-4 "
+                "to 1e-3): lower --weight-decay")
+    return f"Try a smaller learning rate than {config.lr:g} (--lr)"
+
+
+def check_resumable(saved: Config, config: Config, out_dir) -> None:
+    """Raises ValueError, naming the settings, if ``config`` cannot continue the run recorded
+    as ``saved`` in ``out_dir``: only ``epochs`` may differ, and not under a cosine schedule."""
+    different = _differences(saved, config)
+    if different:
+        raise ValueError(f"--resume: the run in {out_dir} was trained with "
+                         f"{', '.join(different)}; a resumed run keeps every setting but "
+                         "--epochs (start a new run with another --out instead)")
+    if saved.schedule == "cosine" and saved.epochs != config.epochs:
+        raise ValueError(f"--resume: the run in {out_dir} decays its learning rate over "
+                         f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
+                         f"to {config.epochs}; start a new run instead")
+
+
+def _differences(saved: Config, asked: Config) -> list[str]:
+    """The settings but ``epochs`` in which ``asked`` differs from ``saved``, named."""
+    return [f"{f.name} {getattr(saved, f.name)!r} (asked: {getattr(asked, f.name)!r})"
+            for f in dataclasses.fields(Config)
+            if f.name != "epochs" and getattr(saved, f.name) != getattr(asked, f.name)]
+
+
+def _taken(out: pathlib.Path, config: Config) -> str:
+    """Why ``fit`` refuses to start ``config`` in ``out``, which holds a run, and what to do."""
+    try:
+        saved, epoch = read_run(out)
+    except checkpoint.CheckpointError as exc:
+        return f"{out} holds a checkpoint that cannot be read ({exc}); choose another --out"
+    different = _differences(saved, config)
+    if different:
+        return (f"{out} already holds another run, trained with {', '.join(different)}; choose "
+                "another --out")
+    if epoch >= saved.epochs:
+        return (f"{out} already holds this run, complete ({epoch} of {saved.epochs} epochs); "
+                "choose another --out to train again")
+    return (f"{out} already holds this run, stopped after epoch {epoch} of {saved.epochs}; "
+            "pass --resume to continue it")
 
 
 def _progress_bar(done, total):
@@ -329,36 +432,8 @@ def _progress_bar(done, total):
           file=sys.stderr, flush=True)
 
 
-def load_history(out_dir, *, warn: Callable[[str], None] | None = None) -> list[dict]:
-    """The per-epoch records of the run in ``out_dir``, from its checksummed checkpoint. A
-    ``metrics.jsonl`` that disagrees with them (edited, truncated, or from later epochs that never
-    reached a checkpoint) is reported through ``warn`` and rewritten from the checkpoint."""
-    meta, _ = checkpoint.read(pathlib.Path(out_dir) / CHECKPOINT)
-    history = meta.get("history", [])
-    try:
-        on_disk = read_metrics(out_dir)
-    except ValueError:
-        on_disk = None
-    if on_disk != history:
-        (warn or _stderr)(f"jaxlenet: {pathlib.Path(out_dir) / METRICS} does not match the "
-                          f"checkpoint's record of {len(history)} epoch(s); rewriting it from "
-                          "the checkpoint")
-    return history
-
-
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def read_metrics(out_dir) -> list[dict]:
-    path = pathlib.Path(out_dir) / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_metrics(out: pathlib.Path, history: list[dict]) -> None:
-    atomic_write(out / METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def predict(model: models.Model, params, images) -> np.ndarray:

@@ -26,9 +26,9 @@ def main():
     for count in (1, 2, 4):
         if count > available:
             break
-        config = train.Config(epochs=args.epochs, batch_size=256, schedule="constant")
-        _, history = train.fit(config, dataset, devices=count, limit=args.limit,
-                               log=lambda _: None)
+        config = train.Config(epochs=args.epochs, batch_size=256, schedule="constant",
+                              limit=args.limit)
+        _, history = train.fit(config, dataset, devices=count, log=lambda _: None)
         seconds = statistics.median(m["seconds"] for m in history[1:])
         print(f"| {count} | {args.limit / seconds:,.0f} | {seconds:.2f} |", flush=True)
 

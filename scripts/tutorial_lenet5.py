@@ -18,10 +18,10 @@ def main():
 
     for name, shape, _ in models.summary(models.build("lenet5", init="xavier")):
         print(f"{name} output shape:\t {shape}")
-    config = train.Config(model="lenet5", epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, momentum=0.0, weight_decay=0.0, schedule="constant",
-                          init="xavier", seed=args.seed)
-    train.fit(config, data.load_fashion_mnist(args.data_dir), limit=args.limit)
+    config = train.Config(**{**train.RECIPES["tutorial-lenet5"], "epochs": args.epochs,
+                             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                             "limit": args.limit})
+    train.fit(config, data.load_fashion_mnist(args.data_dir))
 
 
 if __name__ == "__main__":

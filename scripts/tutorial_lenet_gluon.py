@@ -19,10 +19,10 @@ def main():
     args = parser.parse_args()
 
     print(models.format_summary(models.build("lenet", init="uniform"), args.batch_size))
-    config = train.Config(model="lenet", epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, momentum=0.0, weight_decay=0.0, schedule="constant",
-                          init="uniform", seed=args.seed)
-    train.fit(config, data.load_fashion_mnist(args.data_dir), limit=args.limit)
+    config = train.Config(**{**train.RECIPES["tutorial"], "epochs": args.epochs,
+                             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                             "limit": args.limit})
+    train.fit(config, data.load_fashion_mnist(args.data_dir))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["train", "--epochs", "-1"], "--epochs: expected a positive integer"),
+    (["train", "--epochs", "-1"], "--epochs: expected a number of epochs from 1"),
     (["train", "--epochs", "two"], "--epochs"),
     (["train", "--lr", "nan"], "--lr: expected a finite number"),
     (["train", "--lr", "-0.1"], "--lr"),
@@ -36,7 +36,6 @@ def run_cli(capsys, *argv):
     (["predict", "--checkpoint", "/no/such/run", "x.png"], "no checkpoint"),
     (["summary", "--model", "alexnet"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
-    ([], "required"),
 ])
 def test_usage_errors_exit_2_with_one_line(capsys, argv, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -100,13 +99,16 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
     assert f"{np.mean(logits.argmax(1) == test_y):.4f}" == f"{record['test_acc']:.4f}"
 
     code, _, err = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048",
-                           "--batch-size", "64", "--out", str(out))
-    assert code == 2 and "--resume" in err  # never overwrites a run
+                           "--batch-size", "64", "--schedule", "constant", "--out", str(out))
+    assert code == 2 and "stopped after epoch 1 of 1" not in err  # never overwrites a run
+    assert "already holds this run, complete" in err
+    code, _, err = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048", "--out", str(out))
+    assert code == 2 and "schedule 'constant' (asked: 'cosine'); choose another --out" in err
     code, stdout, _ = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048",
                               "--out", str(out), "--resume", "--no-plots")
     assert code == 0 and stdout.startswith("epoch 2  ")  # the checkpoint's batch size and schedule
     code, _, err = run_cli(capsys, "train", "--resume", "--lr", "0.3", "--out", str(out))
-    assert code == 2 and "differs" in err
+    assert code == 2 and "trained with lr 0.05 (asked: 0.3)" in err
 
     from PIL import Image
     Image.fromarray(test_x[0]).resize((64, 64)).save(tmp_path / "shoe.png")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_train import small_dataset
 
-from jaxlenet import checkpoint, cli, data, models, train
+from jaxlenet import checkpoint, cli, data, models, runs, train
 
 
 def _spec(tree):
@@ -68,7 +68,7 @@ def test_a_checkpoint_evaluates_to_the_same_predictions_in_the_other_implementat
     dataset = small_dataset(n_train=256, n_test=200)
     config = train.Config(epochs=1, batch_size=64, impl=trained)
     train.fit(config, dataset, out_dir=tmp_path, device="cpu", devices=1, log=lambda _: None)
-    meta, _ = checkpoint.read(tmp_path / train.CHECKPOINT)
+    meta, _ = checkpoint.read(tmp_path / runs.CHECKPOINT)
     assert meta["config"]["impl"] == trained and meta["impl"] == trained
     images = data.to_float_nchw(dataset[1][0])
     predictions = {}

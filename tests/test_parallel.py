@@ -69,8 +69,8 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
     assert [w.returncode for w in workers] == [0, 0], outputs
     assert "2 cpu device(s), 2 process(es)" in outputs[0][1]
     assert outputs[0][0].count("epoch ") == 2 and "epoch " not in outputs[1][0]  # process 0 reports
-    config = train.Config(epochs=2, batch_size=64, schedule="constant")
-    one, _ = train.fit(config, data.load_fashion_mnist(), device="cpu", devices=1, limit=256,
+    config = train.Config(epochs=2, batch_size=64, schedule="constant", limit=256)
+    one, _ = train.fit(config, data.load_fashion_mnist(), device="cpu", devices=1,
                        log=lambda _: None)
     _, _, saved, _, _, epoch = train.load_checkpoint(tmp_path / "run")
     assert epoch == 2

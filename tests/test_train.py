@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlenet import checkpoint, devices, models, nd, train
+from jaxlenet import checkpoint, devices, models, nd, runs, train
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -111,11 +111,11 @@ def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path, sched
     whole, _ = train.fit(config, dataset, out_dir=tmp_path / "whole", log=lambda _: None)
     with pytest.raises(_Interrupt):
         train.fit(config, dataset, out_dir=tmp_path / "cut", log=_interrupt_at(2))
-    assert [m["epoch"] for m in train.read_metrics(tmp_path / "cut")] == [1]
+    assert [m["epoch"] for m in runs.read_metrics(tmp_path / "cut")] == [1]
     resumed, history = train.fit(config, dataset, out_dir=tmp_path / "cut", resume=True,
                                  log=lambda _: None)
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    assert [m["epoch"] for m in train.read_metrics(tmp_path / "cut")] == [1, 2, 3]
+    assert [m["epoch"] for m in runs.read_metrics(tmp_path / "cut")] == [1, 2, 3]
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     _, _, saved, _, _, epoch = train.load_checkpoint(tmp_path / "cut")
@@ -137,7 +137,8 @@ def test_resume_may_extend_a_constant_rate_run(tmp_path):
 def test_resume_refuses_another_configuration(tmp_path):
     dataset = small_dataset(n_train=64, n_test=10)
     train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ValueError, match=r"trained with lr 0.05 \(asked: 0.3\); a resumed run "
+                                         "keeps every setting but --epochs"):
         train.fit(train.Config(epochs=2, batch_size=32, lr=0.3), dataset, out_dir=tmp_path,
                   resume=True, log=lambda _: None)
 
@@ -146,18 +147,18 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     dataset = small_dataset(n_train=256, n_test=10)
     good = train.Config(epochs=1, batch_size=32, lr=0.05)
     train.fit(good, dataset, out_dir=tmp_path, log=lambda _: None)
-    before = (tmp_path / train.CHECKPOINT).read_bytes()
+    before = (tmp_path / runs.CHECKPOINT).read_bytes()
     with pytest.raises(train.TrainingDiverged, match="epoch 1"):
         train.fit(train.Config(epochs=2, batch_size=32, lr=1e9, momentum=0.0), dataset,
                   out_dir=tmp_path / "bad", log=lambda _: None)
-    assert not (tmp_path / "bad" / train.CHECKPOINT).exists()
-    assert (tmp_path / train.CHECKPOINT).read_bytes() == before
+    assert not (tmp_path / "bad" / runs.CHECKPOINT).exists()
+    assert (tmp_path / runs.CHECKPOINT).read_bytes() == before
 
 
 def test_tampered_and_truncated_checkpoints_are_refused(tmp_path):
     dataset = small_dataset(n_train=64, n_test=10)
     train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
-    path = tmp_path / train.CHECKPOINT
+    path = tmp_path / runs.CHECKPOINT
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
@@ -212,7 +213,7 @@ def _rewrite_checkpoint(path, meta, arrays):
 def test_tampered_checkpoint_metadata_is_refused(tmp_path):
     dataset = small_dataset(n_train=64, n_test=10)
     train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
-    path = tmp_path / train.CHECKPOINT
+    path = tmp_path / runs.CHECKPOINT
     meta, arrays = checkpoint.read(path)
     _rewrite_checkpoint(path, {**meta, "epoch": 5}, arrays)
     with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
@@ -223,13 +224,13 @@ def test_a_tampered_metrics_file_is_reported_and_rewritten_on_resume(tmp_path):
     dataset = small_dataset(n_train=64, n_test=10)
     config = train.Config(epochs=2, batch_size=32, schedule="constant")
     train.fit(dataclasses.replace(config, epochs=1), dataset, out_dir=tmp_path, log=lambda _: None)
-    genuine = train.read_metrics(tmp_path)
-    (tmp_path / train.METRICS).write_text('{"epoch": 1, "loss": 0.01, "test_acc": 0.99}\n'
+    genuine = runs.read_metrics(tmp_path)
+    (tmp_path / runs.METRICS).write_text('{"epoch": 1, "loss": 0.01, "test_acc": 0.99}\n'
                                           '{"epoch": 7}\n')
     warnings = []
-    assert train.load_history(tmp_path, warn=warnings.append) == genuine
+    assert runs.load_history(tmp_path, warn=warnings.append) == genuine
     assert len(warnings) == 1 and "does not match the checkpoint" in warnings[0]
-    (tmp_path / train.METRICS).write_text("not json\n")
+    (tmp_path / runs.METRICS).write_text("not json\n")
     _, history = train.fit(config, dataset, out_dir=tmp_path, resume=True, log=lambda _: None)
     assert history[0] == genuine[0] and [m["epoch"] for m in history] == [1, 2]
-    assert train.read_metrics(tmp_path) == history
+    assert runs.read_metrics(tmp_path) == history

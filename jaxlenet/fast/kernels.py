@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import jaxlib
 from jax import lax
 
-from jaxlenet._files import atomic_write, user_cache
+from jaxlenet._files import atomic_write, remove_partial_writes, user_cache
 
 _SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _PARAM_GRADS = "jaxlenet_conv_param_grads"
@@ -128,6 +128,7 @@ def build() -> pathlib.Path:
     if compiler is None:
         raise OSError("no C++ compiler: set $CXX or install g++")
     library.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(library.parent, older_than=3600)  # a younger one may be building
     # Built beside its final name and renamed into place: a process that finds the library finds
     # it whole, also while another one is building it.
     fd, partial = tempfile.mkstemp(dir=library.parent, prefix=library.name + ".", suffix=".part")
