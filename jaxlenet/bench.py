@@ -26,7 +26,7 @@ def training_flops(model: models.Model) -> int:
     layer but the first (whose input needs none); a multiply-add counts 2."""
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     forward = first = 0
-    for name, shape, _ in models.summary(model):
+    for name, shape, _, _ in models.summary(model):
         if name not in params:
             continue
         weight = params[name]["weight"].shape

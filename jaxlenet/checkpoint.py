@@ -23,7 +23,8 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, tampered with, or does not fit the model."""
 
 
-def _flatten(tree) -> dict[str, np.ndarray]:
+def flatten(tree) -> dict[str, np.ndarray]:
+    """Every array of ``tree`` by its path (``"['conv0']['weight']"``)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
@@ -44,7 +45,7 @@ def save(path, state: dict, meta: dict) -> None:
     to ``path`` atomically: a crash leaves the previous checkpoint, never a half-written one."""
     path = pathlib.Path(path)
     arrays = {f"{part}{key}": value for part, tree in state.items()
-              for key, value in _flatten(tree).items()}
+              for key, value in flatten(tree).items()}
     header = {"format": FORMAT, "parts": sorted(state), **meta}
     header["sha256"] = _digest(arrays, header)
     buffer = io.BytesIO()

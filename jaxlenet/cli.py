@@ -162,12 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export", help="write a trained model for use without jaxlenet",
-        description="Write a checkpoint's model as serialized StableHLO: its inference function "
-                    "(float32 images (N, 1, 28, 28) in [0, 1] -> logits (N, 10)) for the CPU and "
-                    "CUDA GPUs, any batch size, which jax.export.deserialize(...).call(images) "
-                    "runs without jaxlenet.")
+        description="Write a checkpoint's model. 'stablehlo' (default): its inference function "
+                    "(float32 images (N, 1, 28, 28) in [0, 1] -> logits (N, 10)) as serialized "
+                    "StableHLO for the CPU and CUDA GPUs, any batch size, which "
+                    "jax.export.deserialize(...).call(images) runs without jaxlenet. 'mxnet': "
+                    "its parameters as a .params file that the tutorial's Gluon network loads "
+                    "(net.load_parameters).")
     export.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--format", choices=("stablehlo", "mxnet"), default="stablehlo")
+
+    importer = commands.add_parser(
+        "import-mxnet", help="a LeNet trained by MXNet, as a jaxlenet run",
+        description="Read parameters MXNet saved (Gluon's net.save_parameters, or nd.save of a "
+                    "dict with prefixed names) for the tutorial's LeNet or LeNet-5, without "
+                    "MXNet, into a run directory that evaluate, predict and export take.")
+    importer.add_argument("params", metavar="FILE.params")
+    importer.add_argument("--model", choices=("lenet", "lenet5"), required=True)
+    importer.add_argument("--out", required=True, help="run directory to write")
 
     bench = commands.add_parser("bench", help="time training and inference")
     bench.add_argument("--model", choices=("lenet", "lenet5", "all"), default="all")
@@ -349,21 +361,38 @@ def _summary(args) -> int:
 
 
 def _export(args) -> int:
-    from jaxlenet import export, train
+    from jaxlenet import export, mxnet_params, train
     from jaxlenet._files import atomic_write
 
-    config, _, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
+    config, model, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
     out = pathlib.Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; name the file to write")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: no directory {out.parent}")
+    if args.format == "mxnet":
+        raw, what = mxnet_params.dumps(mxnet_params.from_params(params, model)), "MXNet .params"
+    else:
+        raw = export.stablehlo_bytes(config.model, params)
+        what = f"StableHLO for {' and '.join(export.PLATFORMS)}"
     try:
-        atomic_write(out, export.stablehlo_bytes(config.model, params))
+        atomic_write(out, raw)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
-    print(f"jaxlenet: wrote {out}: {config.model} after epoch {epoch} as StableHLO for "
-          f"{' and '.join(export.PLATFORMS)}", file=sys.stderr)
+    print(f"jaxlenet: wrote {out}: {config.model} after epoch {epoch} as {what}",
+          file=sys.stderr)
+    return 0
+
+
+def _import_mxnet(args) -> int:
+    from jaxlenet import models, mxnet_params, train
+
+    config = train.Config(**{**train.RECIPES["default"], "model": args.model, "epochs": 1})
+    params = mxnet_params.to_params(mxnet_params.read(args.params),
+                                    models.build(args.model, impl="reference"), args.params)
+    out = train.save_trained(args.out, config, params, source=f"MXNet {args.params}")
+    print(f"jaxlenet: wrote {out}/checkpoint.npz: {args.model} from {args.params}",
+          file=sys.stderr)
     return 0
 
 
@@ -380,7 +409,7 @@ def _bench(args) -> int:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "summary": _summary,
-            "export": _export, "bench": _bench}
+            "export": _export, "import-mxnet": _import_mxnet, "bench": _bench}
 
 
 def _terminate(signum, frame):
@@ -390,6 +419,7 @@ def _terminate(signum, frame):
 def main(argv=None) -> int:
     from jaxlenet.checkpoint import CheckpointError
     from jaxlenet.data import DataError
+    from jaxlenet.mxnet_params import ParamsError
     from jaxlenet.runs import RunLocked
     from jaxlenet.train import TrainingDiverged
 
@@ -403,8 +433,8 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, TypeError, DataError, CheckpointError, RunLocked,
-            OSError) as exc:
+    except (UsageError, ValueError, TypeError, DataError, CheckpointError, ParamsError,
+            RunLocked, OSError) as exc:
         print(f"jaxlenet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as exc:

@@ -9,6 +9,7 @@ Faster formulations of the same ops live beside this file, in ``jaxlenet.fast``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -162,11 +163,13 @@ def corr2d(X, K):
 
 
 class Layer(NamedTuple):
-    """A layer: ``init(key, in_shape) -> (out_shape, params)`` and ``apply(params, x) -> y``.
+    """A layer: ``init(key, in_shape) -> (out_shape, params)`` and ``apply(params, x) -> y``;
+    ``describe(in_shape)``, if given, is the layer as Gluon prints it (``print(net)``).
 
     Shapes include the batch axis; params are a dict of arrays (empty for parameter-free layers)."""
     init: Callable
     apply: Callable
+    describe: Callable | None = None
 
 
 def Conv(out_channels: int, kernel, *, stride=1, padding=0, dilation=1, groups: int = 1,
@@ -195,7 +198,20 @@ def Conv(out_channels: int, kernel, *, stride=1, padding=0, dilation=1, groups: 
                  dilation=dilation, groups=groups, layout=layout)
         return ACTIVATIONS[activation](y) if activation else y
 
-    return Layer(init, apply)
+    def describe(in_shape):
+        nsp = len(in_shape) - 2
+        channels = in_shape[-1] if _checks.spatial_layout(layout, len(in_shape))[1] else in_shape[1]
+        fields = [f"{channels} -> {out_channels}",
+                  f"kernel_size={_checks.as_tuple('kernel', kernel, nsp, default=1)}",
+                  f"stride={_checks.as_tuple('stride', stride, nsp, default=1)}"]
+        for name, value, default in (("padding", padding, 0), ("dilation", dilation, 1)):
+            if _checks.as_tuple(name, value, nsp, default=default) != (default,) * nsp:
+                fields.append(f"{name}={_checks.as_tuple(name, value, nsp, default=default)}")
+        fields += [f"groups={groups}"] * (groups != 1) + ["bias=False"] * (not use_bias)
+        fields += [f"Activation({activation})"] * bool(activation)
+        return f"Conv{nsp}D({', '.join(fields)})"
+
+    return Layer(init, apply, describe)
 
 
 def Dense(out_units: int, *, activation: str | None = None, use_bias: bool = True,
@@ -204,11 +220,8 @@ def Dense(out_units: int, *, activation: str | None = None, use_bias: bool = Tru
     ``activation``; params ``{'weight': (out, in), 'bias': (out,)}``."""
     _check_activation(activation)
     def init(key, in_shape):
-        in_units = 1
-        for n in in_shape[1:]:
-            in_units *= n
         weight_key, bias_key = jax.random.split(key)
-        params = {"weight": weight_init(weight_key, (out_units, in_units))}
+        params = {"weight": weight_init(weight_key, (out_units, math.prod(in_shape[1:])))}
         if use_bias:
             params["bias"] = bias_init(bias_key, (out_units,))
         return (in_shape[0], out_units), params
@@ -217,22 +230,37 @@ def Dense(out_units: int, *, activation: str | None = None, use_bias: bool = Tru
         y = dense(x, params["weight"], params.get("bias"))
         return ACTIVATIONS[activation](y) if activation else y
 
-    return Layer(init, apply)
+    def describe(in_shape):
+        act = f"Activation({activation})" if activation else "linear"
+        return f"Dense({math.prod(in_shape[1:])} -> {out_units}, {act})"
+
+    return Layer(init, apply, describe)
 
 
-def _stateless(fn: Callable) -> Layer:
+def _stateless(fn: Callable, describe: Callable | None = None) -> Layer:
     def init(key, in_shape):
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct(in_shape, jnp.float32))
         return out.shape, {}
 
-    return Layer(init, lambda params, x: fn(x))
+    return Layer(init, lambda params, x: fn(x), describe)
 
 
 def Pool(window, *, kind: str = "max", stride=None, padding=0, layout: str | None = None,
          **options) -> Layer:
     """Pooling layer (see ``pool``); ``stride`` defaults to ``window``, as in Gluon."""
+    def describe(in_shape):
+        nsp = len(in_shape) - 2
+        size = _checks.as_tuple("kernel", window, nsp, default=1)
+        steps = _checks.as_tuple("stride", stride, nsp, default=1) if stride is not None else size
+        name = {"max": f"MaxPool{nsp}D", "avg": f"AvgPool{nsp}D"}.get(kind, "Pooling")
+        return (f"{name}(size={size}, stride={steps}, "
+                f"padding={_checks.as_tuple('pad', padding, nsp, default=0)}, "
+                f"ceil_mode={options.get('convention', 'valid') == 'full'}, "
+                f"global_pool={options.get('global_pool', False)}, pool_type={kind}, "
+                f"layout={_checks.spatial_layout(layout, len(in_shape))[0]})")
+
     return _stateless(lambda x: pool(x, window, kind=kind, stride=stride, padding=padding,
-                                     layout=layout, **options))
+                                     layout=layout, **options), describe)
 
 
 def _check_activation(kind: str | None) -> None:
@@ -242,7 +270,7 @@ def _check_activation(kind: str | None) -> None:
 
 def Activation(kind: str) -> Layer:
     _check_activation(kind)
-    return _stateless(ACTIVATIONS[kind])
+    return _stateless(ACTIVATIONS[kind], lambda in_shape: f"Activation({kind})")
 
 
 def Flatten(*, layout: str | None = None) -> Layer:
@@ -253,7 +281,7 @@ def Flatten(*, layout: str | None = None) -> Layer:
         if channels_last:
             x = jnp.moveaxis(x, -1, 1)
         return flatten(x)
-    return _stateless(fn)
+    return _stateless(fn, lambda in_shape: "Flatten")
 
 
 def serial(*named_layers: tuple[str, Layer]) -> Layer:

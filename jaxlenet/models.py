@@ -90,13 +90,13 @@ def lenet(*, weight_init=initializers.uniform(0.07), impl: str = "auto",
 def lenet5(*, weight_init=initializers.xavier(), impl: str = "auto",
            platform: str | None = None, dtype=jnp.float32) -> Model:
     """The classic LeNet-5 of the tutorial: conv 6@5x5, sigmoid, max-pool 2/2, conv 16@5x5,
-    sigmoid, max-pool 2/2, dense 120, sigmoid, dense 84, sigmoid, dense 10."""
+    sigmoid, max-pool 2/2, dense 120 (which flattens its input, as Gluon's does), sigmoid, dense
+    84, sigmoid, dense 10."""
     def architecture(nn):
         return (("conv0", nn.Conv(6, 5, activation="sigmoid", weight_init=weight_init)),
                 ("pool0", nn.Pool(2)),
                 ("conv1", nn.Conv(16, 5, activation="sigmoid", weight_init=weight_init)),
                 ("pool1", nn.Pool(2)),
-                ("flatten0", nn.Flatten()),
                 ("dense0", nn.Dense(120, activation="sigmoid", weight_init=weight_init)),
                 ("dense1", nn.Dense(84, activation="sigmoid", weight_init=weight_init)),
                 ("dense2", nn.Dense(10, weight_init=weight_init)))
@@ -120,22 +120,35 @@ def build(name: str, *, init: str | None = None, impl: str = "auto", platform: s
     return MODELS[name](weight_init=initializers.BY_NAME[init], **options)
 
 
-def summary(model: Model, batch_size: int = 1) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer name, output shape (MXNet's NCHW layout), parameter count) for every layer,
-    parameter-free ones included, computed without data (``jax.eval_shape``)."""
+def summary(model: Model, batch_size: int = 1) -> list[tuple[str, tuple[int, ...], int, str]]:
+    """(layer name, output shape (MXNet's NCHW layout), parameter count, the layer as Gluon
+    prints it) for every layer, parameter-free ones included, computed without data
+    (``jax.eval_shape``)."""
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     x = jax.ShapeDtypeStruct((batch_size,) + IMAGE_SHAPE, jnp.float32)
     rows = []
     for name, layer in model.layers:
         layer_params = params.get(name, {})
+        description = layer.describe(x.shape) if layer.describe else name
         x = jax.eval_shape(layer.apply, layer_params, x)
         count = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(layer_params))
-        rows.append((name, tuple(x.shape), count))
+        rows.append((name, tuple(x.shape), count, description))
     return rows
 
 
-def format_summary(model: Model, batch_size: int = 1) -> str:
+def describe(model: Model, batch_size: int = 1) -> str:
+    """The network as Gluon's ``print(net)`` lists it once its input shape is known."""
     rows = summary(model, batch_size)
-    lines = [f"{name} output shape:\t {shape}\t params: {count:,}" for name, shape, count in rows]
-    lines.append(f"total params: {sum(count for _, _, count in rows):,}")
+    return "\n".join(["Sequential("] + [f"  ({i}): {description}"
+                                         for i, (_, _, _, description) in enumerate(rows)] + [")"])
+
+
+def format_summary(model: Model, batch_size: int = 1) -> str:
+    """``describe(model)``, then each layer's output shape and parameter count, as the
+    tutorial's loop over ``net`` prints them."""
+    rows = summary(model, batch_size)
+    lines = [describe(model, batch_size)]
+    lines += [f"{name} output shape:\t {shape}\t params: {count:,}"
+              for name, shape, count, _ in rows]
+    lines.append(f"total params: {sum(count for _, _, count, _ in rows):,}")
     return "\n".join(lines)

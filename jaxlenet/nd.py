@@ -8,6 +8,10 @@ The traps it keeps: ``Pooling`` stride defaults to 1 (not the kernel), an int ``
 
 from __future__ import annotations
 
+import builtins
+import functools
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +20,9 @@ from jaxlenet import layers, losses
 from jaxlenet.pooling import POOL_KINDS
 
 __all__ = ["Convolution", "Pooling", "FullyConnected", "Activation", "relu", "flatten", "Flatten",
-           "SoftmaxCrossEntropyLoss", "dot", "arange", "array", "zeros", "ones", "random_normal"]
+           "SoftmaxCrossEntropyLoss", "dot", "arange", "array", "zeros", "ones", "zeros_like",
+           "random", "random_normal", "random_uniform", "sum", "mean", "max", "argmax", "sqrt",
+           "exp", "maximum", "one_hot", "log_softmax", "stack", "concat", "add_n"]
 
 
 def _shape_arg(name: str, value, ndim: int | None = None) -> tuple[int, ...]:
@@ -70,7 +76,7 @@ def Convolution(data=None, weight=None, bias=None, kernel=None, stride=(), dilat
                          f"expected {({1: 'NCW', 2: 'NCHW', 3: 'NCDHW'}[nsp])!r}")
     if weight.dtype != data.dtype:
         raise TypeError(f"weight dtype {weight.dtype} differs from data dtype {data.dtype}")
-    expected = (num_filter, data.shape[1] // max(num_group, 1)) + kernel
+    expected = (num_filter, data.shape[1] // builtins.max(num_group, 1)) + kernel
     if weight.shape != expected:
         raise ValueError(f"weight of shape {weight.shape} does not match num_filter={num_filter}, "
                          f"num_group={num_group}, kernel={kernel}: expected {expected}")
@@ -236,10 +242,211 @@ def ones(shape, ctx=None, dtype=None):
     return jnp.ones(shape, _dtype(dtype))
 
 
-def random_normal(loc=0.0, scale=1.0, shape=(1,), ctx=None, dtype=None, *, key=None):
-    """``mx.nd.random_normal``. jaxlenet keeps no global random state: pass ``key`` for independent
-    draws; without one, ``jax.random.PRNGKey(0)`` is used, so the same call gives the same array."""
-    del ctx
-    key = jax.random.PRNGKey(0) if key is None else key
-    return loc + scale * jax.random.normal(key, tuple(np.atleast_1d(shape)), _dtype(dtype))
+# ------------------------------------------------------------------------------ random numbers
+# jaxlenet keeps no global random state: each call takes ``key=``; without one it uses
+# ``DEFAULT_KEY``, so the same call gives the same array (MXNet's ``mx.random.seed`` has no
+# counterpart; split a key instead, see docs/from-mxnet.md).
+DEFAULT_KEY = 0
 
+
+def _random(sample, a, b, shape, dtype, out, key):
+    """MXNet's sampler shapes: scalar parameters give ``shape`` (default (1,)); array
+    parameters give their shape followed by ``shape``."""
+    if out is not None:
+        raise TypeError("out= is not supported: jaxlenet's arrays are immutable; use the result")
+    key = jax.random.PRNGKey(DEFAULT_KEY) if key is None else key
+    a, b = jnp.asarray(a, _dtype(dtype)), jnp.asarray(b, _dtype(dtype))
+    if a.shape != b.shape:
+        raise ValueError(f"the two parameters must have one shape, got {a.shape} and {b.shape}")
+    draw = tuple(int(n) for n in np.atleast_1d(shape)) if shape is not None else ()
+    if a.ndim == 0 and not draw:
+        draw = (1,)
+    values = sample(key, a.shape + draw, _dtype(dtype))
+    index = (...,) + (None,) * len(draw)
+    return a[index], b[index], values
+
+
+def _uniform(low=0.0, high=1.0, shape=None, dtype=None, ctx=None, out=None, *, key=None):
+    """``mx.nd.random.uniform``: U[low, high), float32 by default, ``shape`` (1,) by default."""
+    del ctx
+    low, high, u = _random(jax.random.uniform, low, high, shape, dtype, out, key)
+    return low + (high - low) * u
+
+
+def _normal(loc=0.0, scale=1.0, shape=None, dtype=None, ctx=None, out=None, *, key=None):
+    """``mx.nd.random.normal``: N(loc, scale^2), float32 by default, ``shape`` (1,) by default."""
+    del ctx
+    loc, scale, z = _random(jax.random.normal, loc, scale, shape, dtype, out, key)
+    return loc + scale * z
+
+
+random = types.SimpleNamespace(uniform=_uniform, normal=_normal)
+
+
+def random_normal(loc=0.0, scale=1.0, shape=(1,), ctx=None, dtype=None, *, key=None):
+    """``mx.nd.random_normal``, the older name of ``random.normal``."""
+    return _normal(loc, scale, shape, dtype, ctx, key=key)
+
+
+def random_uniform(low=0.0, high=1.0, shape=(1,), ctx=None, dtype=None, *, key=None):
+    """``mx.nd.random_uniform``, the older name of ``random.uniform``."""
+    return _uniform(low, high, shape, dtype, ctx, key=key)
+
+
+# ---------------------------------------------------------------------------- math and shapes
+
+
+def _values(name: str, data):
+    """An array; comparisons (bool in JAX, float32 0/1 in MXNet) count as float32."""
+    data = jnp.asarray(data)
+    return data.astype(jnp.float32) if data.dtype == jnp.bool_ else data
+
+
+def _reduction_axes(data, axis, exclude: bool) -> tuple[int, ...]:
+    """MXNet's ``axis``: None or () is every axis; an int or a tuple of ints, negative from the
+    end; ``exclude=True`` reduces the axes *not* named."""
+    if axis is None or axis == ():
+        named = tuple(range(data.ndim))
+        return () if exclude else named
+    named = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for a in named:
+        if not -data.ndim <= a < data.ndim:
+            raise ValueError(f"axis {axis} is out of range for data of shape {data.shape}")
+    named = tuple(sorted({a % data.ndim for a in named}))
+    return tuple(a for a in range(data.ndim) if a not in named) if exclude else named
+
+
+def _reduce(reduction, data, axis, keepdims, exclude):
+    data = _values("data", data)
+    y = reduction(data, _reduction_axes(data, axis, exclude), keepdims)
+    return y.reshape(1) if y.ndim == 0 else y  # MXNet's full reduction has shape (1,)
+
+
+def sum(data=None, axis=None, keepdims=False, exclude=False):  # the builtin: builtins.sum
+    """``mx.nd.sum``; a full reduction gives shape (1,), as in MXNet."""
+    return _reduce(lambda x, axes, keep: jnp.sum(x, axes, keepdims=keep), data, axis, keepdims,
+                   exclude)
+
+
+def mean(data=None, axis=None, keepdims=False, exclude=False):
+    """``mx.nd.mean``; a full reduction gives shape (1,); integer data keeps its dtype (the
+    mean truncated toward zero), as in MXNet."""
+    def reduction(x, axes, keep):
+        y = jnp.mean(x, axes, keepdims=keep)
+        return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.integer) else y
+    return _reduce(reduction, data, axis, keepdims, exclude)
+
+
+def max(data=None, axis=None, keepdims=False, exclude=False):  # the builtin: builtins.max
+    """``mx.nd.max``; a full reduction gives shape (1,). Its gradient goes whole to *every*
+    element equal to the maximum, as in MXNet (JAX's ``jnp.max`` splits it among ties)."""
+    return _reduce(_max_to_every_tie, data, axis, keepdims, exclude)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_to_every_tie(x, axes, keepdims):
+    return jnp.max(x, axes, keepdims=keepdims)
+
+
+def _max_fwd(x, axes, keepdims):
+    y = jnp.max(x, axes, keepdims=keepdims)
+    return y, (x, y)
+
+
+def _max_bwd(axes, keepdims, residuals, cotangent):
+    x, y = residuals
+    if not keepdims:
+        y, cotangent = jnp.expand_dims(y, axes), jnp.expand_dims(cotangent, axes)
+    return (jnp.where(x == y, cotangent, jnp.zeros((), cotangent.dtype)),)
+
+
+_max_to_every_tie.defvjp(_max_fwd, _max_bwd)
+
+
+def argmax(data=None, axis=None, keepdims=False):
+    """``mx.nd.argmax``: the index of the first maximum, in the data's dtype (float32 for
+    float32 data), as MXNet returns it; ``axis=None`` searches the flattened data (shape (1,))."""
+    data = _values("data", data)
+    if axis is None:
+        return jnp.argmax(data.reshape(-1)).astype(data.dtype).reshape(1)
+    _reduction_axes(data, axis, False)
+    return jnp.argmax(data, axis=axis, keepdims=keepdims).astype(data.dtype)
+
+
+def sqrt(data=None):
+    """``mx.nd.sqrt``: NaN for negative values."""
+    return jnp.sqrt(_values("data", data))
+
+
+def exp(data=None):
+    return jnp.exp(_values("data", data))
+
+
+def maximum(lhs, rhs):
+    """``mx.nd.maximum``: elementwise, with broadcasting and scalars; where the two are equal the
+    gradient goes to ``lhs``, as in MXNet."""
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    return jnp.where(lhs >= rhs, lhs, rhs)
+
+
+def one_hot(indices=None, depth=None, on_value=1.0, off_value=0.0, dtype="float32"):
+    """``mx.nd.one_hot``: (*indices.shape, depth); indices outside [0, depth) give a row of
+    ``off_value``, as in MXNet (float indices are truncated toward zero)."""
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise ValueError(f"depth {depth!r} must be an int >= 0")
+    indices = jnp.trunc(jnp.asarray(indices)).astype(jnp.int32)
+    hot = indices[..., None] == jnp.arange(depth, dtype=jnp.int32).reshape(
+        (1,) * indices.ndim + (depth,))
+    return jnp.where(hot, on_value, off_value).astype(_dtype(dtype))
+
+
+def log_softmax(data=None, axis=-1, temperature=None, dtype=None, use_length=False):
+    """``mx.nd.log_softmax`` along ``axis``, of ``data / temperature`` if one is given."""
+    if use_length:
+        raise ValueError("use_length=True is not supported")
+    data = _values("data", data)
+    if temperature is not None:
+        data = data / temperature
+    y = jax.nn.log_softmax(data, axis=axis)
+    return y if dtype is None else y.astype(dtype)
+
+
+def zeros_like(data=None):
+    return jnp.zeros_like(jnp.asarray(data))
+
+
+def _arrays(name: str, arrays, num_args):
+    if not arrays:
+        raise ValueError(f"{name} needs at least one array")
+    if num_args is not None and num_args != len(arrays):
+        raise ValueError(f"num_args {num_args} does not match the {len(arrays)} arrays given")
+    return [jnp.asarray(a) for a in arrays]
+
+
+def stack(*data, axis=0, num_args=None):
+    """``mx.nd.stack``: the arrays, all of one shape, along a new ``axis``."""
+    arrays = _arrays("stack", data, num_args)
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"stack needs arrays of one shape, got {[a.shape for a in arrays]}")
+    return jnp.stack(arrays, axis=axis)
+
+
+def concat(*data, dim=1, num_args=None):
+    """``mx.nd.concat``: the arrays joined along ``dim``, which defaults to 1 (not 0)."""
+    arrays = _arrays("concat", data, num_args)
+    others = {a.shape[:dim % a.ndim] + a.shape[dim % a.ndim + 1:] for a in arrays}
+    if len({a.ndim for a in arrays}) != 1 or len(others) != 1:
+        raise ValueError(f"concat along dim {dim} needs arrays that agree on every other "
+                         f"dimension, got {[a.shape for a in arrays]}")
+    return jnp.concatenate(arrays, axis=dim)
+
+
+def add_n(*args, num_args=None):
+    """``mx.nd.add_n``: the elementwise sum of arrays of one shape."""
+    arrays = _arrays("add_n", args, num_args)
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"add_n needs arrays of one shape, got {[a.shape for a in arrays]}")
+    total = arrays[0]
+    for a in arrays[1:]:
+        total = total + a
+    return total

@@ -374,8 +374,8 @@ def chance_advice(config: Config, steps: int | None = None) -> str:
         return ("LeNet-5's sigmoids can take a few epochs to leave chance (the tutorial's run "
                 "does); if it ends there, raise --lr or train for more --epochs")
     if steps is not None and steps < 200:
-        return (f"{steps} optimiser steps may be too few to learn: train on more images (no "
-                "--limit) or for more --epochs")
+        return (f"{steps} optimiser step{'s' * (steps != 1)} may be too few to learn: train on "
+                "more images (no --limit) or for more --epochs")
     return "try another --lr or --init"
 
 
@@ -422,6 +422,21 @@ def _taken(out: pathlib.Path, config: Config) -> str:
                 "choose another --out to train again")
     return (f"{out} already holds this run, stopped after epoch {epoch} of {saved.epochs}; "
             "pass --resume to continue it")
+
+
+def save_trained(out_dir, config: Config, params, *, source: str) -> pathlib.Path:
+    """Writes ``params`` trained elsewhere (``source`` says where) as a complete run of
+    ``config`` in ``out_dir`` (locked, refused if it holds a run): a checkpoint that
+    ``load_checkpoint``, ``jaxlenet evaluate`` and ``predict`` take like any other."""
+    with runs.open_run(out_dir, resume=False) as out:
+        _, _, template, opt_state, key = initial_state(config)
+        arrays = {f"params{key}": value for key, value in checkpoint.flatten(params).items()}
+        params = checkpoint.restore(arrays, "params", template, finite=True)
+        checkpoint.save(out / runs.CHECKPOINT,
+                        to_host({"params": params, "opt_state": opt_state, "key": key}),
+                        {"epoch": config.epochs, "config": config.to_dict(),
+                         "impl": "reference", "history": [], "source": source})
+        return out
 
 
 def _progress_bar(done, total):

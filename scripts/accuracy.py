@@ -16,12 +16,8 @@ import jax
 from jaxlenet import data, devices, train
 
 RUNS = [
-    ("tutorial lenet", 0.88, train.Config(model="lenet", epochs=10, batch_size=256, lr=0.5,
-                                          momentum=0.0, weight_decay=0.0, init="uniform",
-                                          schedule="constant")),
-    ("tutorial lenet5", 0.73, train.Config(model="lenet5", epochs=5, batch_size=256, lr=0.9,
-                                           momentum=0.0, weight_decay=0.0, init="xavier",
-                                           schedule="constant")),
+    ("tutorial lenet", 0.88, train.Config(**train.RECIPES["tutorial"])),
+    ("tutorial lenet5", 0.73, train.Config(**train.RECIPES["tutorial-lenet5"])),
     ("jaxlenet defaults", 0.91, train.Config()),
 ]
 

@@ -1,6 +1,8 @@
 """Writes golden fixtures from the real MXNet 1.9.1: inputs, outputs and gradients (for a random
 cotangent) of Convolution, Pooling, FullyConnected, Activation, flatten and Gluon's
-SoftmaxCrossEntropyLoss across their parameter space, plus the calls MXNet refuses.
+SoftmaxCrossEntropyLoss across their parameter space, of the pure nd functions tutorials call
+(sum, mean, max, argmax, sqrt, exp, maximum, one_hot, log_softmax, zeros_like, stack, concat,
+add_n; the samplers' shapes and dtypes), plus the calls MXNet refuses.
 
 Run with MXNet's own interpreter (it needs numpy < 1.24):
 
@@ -190,10 +192,47 @@ def loss_cases(rng):
     return cases
 
 
+def function_cases(rng):
+    """MXNet's pure nd functions a tutorial calls: reductions, elementwise maths, one_hot,
+    log_softmax, joining arrays, and the samplers (their shapes and dtypes only)."""
+    cases = []
+    x = rng.integers(-2, 3, (2, 3, 4)).astype(np.float64)  # ties, for max and maximum
+    for op in ("sum", "mean", "max"):
+        for kwargs in ({}, {"axis": 1}, {"axis": (0, 2)}, {"axis": -1, "keepdims": True},
+                       {"axis": 1, "exclude": True}, {"keepdims": True}, {"axis": ()}):
+            cases.append(dict(op=op, kwargs=kwargs, inputs={"data": x}, dtype="float32"))
+        cases.append(dict(op=op, kwargs={"axis": 3}, inputs={"data": x}, dtype="float32"))
+    for kwargs in ({}, {"axis": 1}, {"axis": -1, "keepdims": True}, {"axis": 0}):
+        cases.append(dict(op="argmax", kwargs=kwargs, inputs={"data": x}, dtype="float32", wrt=[]))
+    cases.append(dict(op="argmax", kwargs={"axis": 1}, inputs={"data": x}, dtype="float64", wrt=[]))
+    cases.append(dict(op="sqrt", kwargs={}, inputs={"data": rng.random((3, 4)) * 4 + 0.1}, dtype="float32"))
+    cases.append(dict(op="exp", kwargs={}, inputs={"data": rng.standard_normal((2, 5))}, dtype="float32"))
+    cases.append(dict(op="maximum", kwargs={}, inputs={"lhs": x, "rhs": rng.integers(-2, 3, (2, 3, 4)).astype(np.float64)}, dtype="float32"))
+    cases.append(dict(op="maximum", kwargs={"rhs": 0.5}, inputs={"lhs": x}, dtype="float32"))
+    cases.append(dict(op="maximum", kwargs={}, inputs={"lhs": x, "rhs": rng.integers(-2, 3, (2, 1, 4)).astype(np.float64)}, dtype="float32"))
+    for kwargs in ({"depth": 4}, {"depth": 3, "on_value": 5.0, "off_value": -1.0},
+                   {"depth": 4, "dtype": "float64"}):
+        cases.append(dict(op="one_hot", kwargs=kwargs, inputs={"indices": np.array([[1, 0, 3], [5, -1, 2]], np.float64)}, dtype="float32", wrt=[]))
+    for kwargs in ({}, {"axis": 0}, {"temperature": 2.0}):
+        cases.append(dict(op="log_softmax", kwargs=kwargs, inputs={"data": rng.standard_normal((3, 4))}, dtype="float32"))
+    cases.append(dict(op="zeros_like", kwargs={}, inputs={"data": x}, dtype="float32", wrt=[]))
+    parts = {"arg0": rng.standard_normal((2, 3)), "arg1": rng.standard_normal((2, 3)), "arg2": rng.standard_normal((2, 3))}
+    for op, kwargs in (("stack", {}), ("stack", {"axis": 2}), ("concat", {}), ("concat", {"dim": 0}), ("add_n", {})):
+        cases.append(dict(op=op, kwargs=kwargs, inputs=parts, dtype="float32", positional=True))
+    uneven = {"arg0": rng.standard_normal((2, 3)), "arg1": rng.standard_normal((3, 3))}
+    for op in ("stack", "concat", "add_n"):
+        cases.append(dict(op=op, kwargs={}, inputs=uneven, dtype="float32", positional=True))
+    for op, kwargs in (("random.uniform", {}), ("random.uniform", {"low": -1.0, "high": 3.0, "shape": (2, 5)}),
+                       ("random.normal", {}), ("random.normal", {"loc": 2.0, "scale": 0.5, "shape": 7}),
+                       ("random.normal", {"shape": (3,), "dtype": "float64"})):
+        cases.append(dict(op=op, kwargs=kwargs, inputs={}, dtype="float32", wrt=[], sampler=True))
+    return cases
+
+
 def all_cases():
     rng = np.random.default_rng(20261124)
     cases = (conv_cases(rng) + pool_cases(rng) + dense_cases(rng) + activation_cases(rng)
-             + loss_cases(rng))
+             + loss_cases(rng) + function_cases(rng))
     for index, case in enumerate(cases):
         case["name"] = f"{index:03d}_{case['op']}"
         kw = case["kwargs"]
@@ -206,9 +245,12 @@ def run_case(mx, case):
     """{'error': message} or outputs and gradients for one case."""
     op, kwargs = case["op"], dict(case["kwargs"])
     arrays = {k: mx.nd.array(v, dtype=case["dtype"]) for k, v in case["inputs"].items()}
-    differentiable = list(arrays)
+    differentiable = case.get("wrt", list(arrays))
     if op == "SoftmaxCrossEntropyLoss":
         differentiable = ["pred"] + (["label"] if kwargs.get("sparse_label") is False else [])
+    function = mx.nd
+    for part in op.split("."):
+        function = getattr(function, part, None)
     try:
         for k in differentiable:
             arrays[k].attach_grad()
@@ -216,11 +258,17 @@ def run_case(mx, case):
             if op == "SoftmaxCrossEntropyLoss":
                 loss = mx.gluon.loss.SoftmaxCrossEntropyLoss(**kwargs)
                 out = loss(arrays["pred"], arrays["label"], arrays.get("sample_weight"))
+            elif case.get("positional"):
+                out = function(*arrays.values(), **kwargs)
             else:
-                out = getattr(mx.nd, op)(**arrays, **kwargs)
+                out = function(**arrays, **kwargs)
         out_np = out.asnumpy()
     except Exception as exc:  # MXNetError, or a Python-side refusal
         return {"error": _first_error_line(exc)}
+    if case.get("sampler"):  # random values: only the shape and dtype are MXNet's to compare
+        return {"output_shape": np.array(out_np.shape), "output_dtype": np.array(str(out_np.dtype))}
+    if not differentiable:
+        return {"output": out_np}
     try:
         rng = np.random.default_rng(zlib.crc32(case["name"].encode()))
         cotangent = rng.standard_normal(out_np.shape).astype(out_np.dtype)
@@ -231,6 +279,33 @@ def run_case(mx, case):
         return result
     except Exception as exc:  # the oneDNN backward bug of avg 'full' (see the module docstring)
         return {"error": None, "backward_error": _first_error_line(exc)}
+
+
+def gluon_listings(mx):
+    """``print(net)`` of the tutorials' Gluon LeNet and LeNet-5, after a forward pass has given
+    every layer its input shape."""
+    nn = mx.gluon.nn
+    nets = {
+        "lenet": [nn.Conv2D(channels=20, kernel_size=5, activation="relu"),
+                  nn.MaxPool2D(pool_size=2, strides=2),
+                  nn.Conv2D(channels=50, kernel_size=3, activation="relu"),
+                  nn.MaxPool2D(pool_size=2, strides=2), nn.Flatten(),
+                  nn.Dense(128, activation="relu"), nn.Dense(10)],
+        "lenet5": [nn.Conv2D(channels=6, kernel_size=5, activation="sigmoid"),
+                   nn.MaxPool2D(pool_size=2, strides=2),
+                   nn.Conv2D(channels=16, kernel_size=5, activation="sigmoid"),
+                   nn.MaxPool2D(pool_size=2, strides=2),
+                   nn.Dense(120, activation="sigmoid"), nn.Dense(84, activation="sigmoid"),
+                   nn.Dense(10)],
+    }
+    listings = {}
+    for name, layers in nets.items():
+        net = nn.Sequential()
+        net.add(*layers)
+        net.initialize()
+        net(mx.nd.zeros((1, 1, 28, 28)))
+        listings[name] = str(net)
+    return listings
 
 
 def _first_error_line(exc):
@@ -287,7 +362,8 @@ def main(out_dir):
         cases.append(case)
     import mxnet as mx
     with open(os.path.join(out_dir, "cases.json"), "w") as f:
-        json.dump({"mxnet": mx.__version__, "cases": cases}, f, indent=1)
+        json.dump({"mxnet": mx.__version__, "listings": gluon_listings(mx), "cases": cases}, f,
+                  indent=1)
     np.savez_compressed(os.path.join(out_dir, "arrays.npz"), **arrays)
     print(f"{len(cases)} cases ({sum(c['error'] is not None for c in cases)} refusals) "
           f"written to {out_dir}")

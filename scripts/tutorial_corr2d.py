@@ -44,6 +44,26 @@ def main():
             print(f"batch {i + 1}, loss {float(loss):.3f}")
     print(f"learned kernel: {np.asarray(params['weight']).reshape(1, 2).round(4).tolist()}")
 
+    # The other tutorial's cell: one dark column (X[:, 4:5] = 0), Gluon's Conv2D(1, (1, 2)) with
+    # MXNet's default init, lr 0.016 on the summed squared error, ten steps; like the tutorial's
+    # `conv2d.weight.data()[:] -= ...`, only the weight is updated, the bias stays 0.
+    X = jnp.ones((6, 8)).at[:, 4:5].set(0)
+    Y = layers.corr2d(X, K)
+    print(np.asarray(X), np.asarray(K), np.asarray(Y))
+    conv = layers.Conv(1, (1, 2))
+    _, params = conv.init(jax.random.PRNGKey(args.seed), (1, 1, 6, 8))
+    X4, Y4 = X.reshape(1, 1, 6, 8), Y.reshape(1, 1, 6, 7)
+
+    @jax.jit
+    def step_weight_only(params):
+        loss, grads = jax.value_and_grad(lambda p: jnp.sum((Y4 - conv.apply(p, X4)) ** 2))(params)
+        return {**params, "weight": params["weight"] - 16e-3 * grads["weight"]}, loss
+
+    for i in range(10):
+        params, loss = step_weight_only(params)
+        print(f"NO.{i + 1}, loss:{float(loss):.3f}")
+    print(np.asarray(params["weight"]).reshape((1, 2)))
+
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ def main():
     parser.add_argument("--data-dir")
     args = parser.parse_args()
 
-    for name, shape, _ in models.summary(models.build("lenet5", init="xavier")):
+    for name, shape, _, _ in models.summary(models.build("lenet5", init="xavier")):
         print(f"{name} output shape:\t {shape}")
     config = train.Config(**{**train.RECIPES["tutorial-lenet5"], "epochs": args.epochs,
                              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,

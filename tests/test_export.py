@@ -105,7 +105,7 @@ def test_export_writes_stablehlo_that_runs_without_jaxlenet(tmp_path, capsys):
 ])
 def test_export_errors_are_one_line(tmp_path, capsys, argv, match):
     train.fit(train.Config(epochs=1, batch_size=64), small_dataset(n_train=64, n_test=10),
-              out_dir=tmp_path / "run", log=lambda _: None)
+              out_dir=tmp_path / "run", log=lambda _: None, warn=lambda _: None)
     argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

@@ -198,10 +198,15 @@ def test_build_is_cached_by_source(tmp_path, monkeypatch):
 def test_a_damaged_library_in_the_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch, damage):
     """Loading a truncated shared library kills the process (SIGBUS); a foreign one would be
     called as ours. Each is found by the SHA-256 recorded at build time, and rebuilt."""
+    built = kernels.build()  # in the user cache: copied below instead of compiled again
+    compiler = tmp_path / "copying-c++"
+    compiler.write_text(f'#!/bin/sh\neval out=\\${{$#}}\ncp "{built}" "$out"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     library = kernels.build()
     good = library.read_bytes()
-    assert good
+    assert good == built.read_bytes()
     if damage == "truncated":
         library.write_bytes(good[: len(good) // 3])
     elif damage == "empty":

@@ -1,5 +1,6 @@
 """Every tutorial program in scripts/ runs and prints the tutorial's numbers."""
 
+import json
 import pathlib
 import re
 import subprocess
@@ -50,8 +51,34 @@ def test_corr2d_learns_the_edge_kernel():
     assert numbers(section(out, "corr2d(X, K)")) == [19, 25, 37, 43]
     losses = [float(v) for v in re.findall(r"batch \d+, loss ([\d.]+)", out)]
     assert len(losses) == 5 and losses == sorted(losses, reverse=True) and losses[-1] < 0.05
-    kernel = numbers(out.split("learned kernel:")[1])
+    kernel = numbers(out.split("learned kernel:")[1].split("\n")[0])
     assert kernel[0] == pytest.approx(1, abs=0.05) and kernel[1] == pytest.approx(-1, abs=0.05)
+    # The other tutorial: its X, K and Y exactly; its ten losses (12.500 ... 0.295 from MXNet's
+    # random init) and its kernel [[0.863 -0.894]] within what another init changes.
+    stripe = out.split("learned kernel:")[1].split("\n", 1)[1]
+    assert numbers(stripe.split("NO.1")[0]) == [1, 1, 1, 1, 0, 1, 1, 1] * 6 + [1, -1] + [
+        0, 0, 0, 1, -1, 0, 0] * 6
+    losses = [float(v) for v in re.findall(r"NO\.\d+, loss:([\d.]+)", out)]
+    assert len(losses) == 10 and losses == sorted(losses, reverse=True)
+    assert 10 < losses[0] < 14 and 0.15 < losses[-1] < 0.45
+    kernel = numbers(stripe.split("NO.10")[1].split("\n", 1)[1])
+    assert kernel == pytest.approx([0.863, -0.894], abs=0.06)
+
+
+def test_padding_strides_and_the_gluon_listing_print_the_tutorials_numbers():
+    out = run("tutorial_conv_padding_strides.py")
+    outputs = [numbers(part.split("input :")[0].split("data :")[0])
+               for part in out.split("output :")[1:]]
+    assert outputs == [
+        [19, 25, 37, 43],
+        [268, 296, 352, 380],
+        [45, 48, 51, 54, 57, 60, 63, 66, 69, 126, 138, 150, 162, 174, 186, 198, 210, 222],
+        [0, 3, 8, 4, 9, 19, 25, 10, 21, 37, 43, 16, 6, 7, 8, 0],
+        [24, 36, 72, 84]]
+    assert numbers(out.split("max pool :")[1].split("avg pool :")[0]) == [4, 5, 7, 8]
+    assert numbers(out.split("avg pool :")[1].split("Sequential")[0]) == [2, 3, 5, 6]
+    fixtures = json.loads((SCRIPTS.parent / "tests/fixtures/mxnet/cases.json").read_text())
+    assert fixtures["listings"]["lenet"] in out  # MXNet 1.9.1's print(net), character for character
 
 
 @REAL_DATA

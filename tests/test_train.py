@@ -57,13 +57,13 @@ def test_one_epoch_is_the_tutorials_sgd_with_the_last_batch_divided_by_batch_siz
         x = jnp.asarray(images[batch], jnp.float32)[:, None] / 255.0
         y = jnp.asarray(labels[batch])
 
-        def batch_loss(p, x=x, y=y):
+        def batch_loss(p, x, y):
             return jnp.sum(softmax_cross_entropy(model.apply(p, x), y)) / 4  # trainer.step(4)
 
-        logits = model.apply(expected, x)
+        logits = jax.jit(model.apply)(expected, x)
         losses += list(softmax_cross_entropy(logits, y))
         correct += int(jnp.sum(jnp.argmax(logits, -1) == y))
-        grads = jax.grad(batch_loss)(expected)
+        grads = jax.jit(jax.grad(batch_loss))(expected, x, y)
         expected = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, expected, grads)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

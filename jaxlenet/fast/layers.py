@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from jaxlenet import initializers, layers
 from jaxlenet.fast.conv2d import conv
 from jaxlenet.fast.conv_pool import conv_max_pool
 from jaxlenet.fast.pool import max_pool
-from jaxlenet.layers import Activation, Dense, serial
+from jaxlenet.layers import Activation, serial
 
 __all__ = ["Conv", "Pool", "Dense", "Activation", "Flatten", "fuse_conv_pool", "serial"]
 
@@ -75,6 +77,17 @@ def Pool(window, *, kind: str = "max", stride=None, padding=0, **options) -> Poo
                  and options.get("convention", "valid") == "valid"
                  and set(options) <= {"convention"})
     return PoolLayer(reference, window, block_max)
+
+
+def Dense(out_units: int, **options) -> layers.Layer:
+    """``layers.Dense`` for channels-last data: it flattens (N, H, W, C) in channels-first
+    order, as the reference flattens (N, C, H, W), so its weight is the reference's."""
+    reference = layers.Dense(out_units, **options)
+
+    def apply(params, x):
+        return reference.apply(params, jnp.moveaxis(x, -1, 1) if x.ndim > 2 else x)
+
+    return layers.Layer(reference.init, apply, reference.describe)
 
 
 def Flatten() -> layers.Layer:
