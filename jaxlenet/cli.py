@@ -114,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     option("--weight-decay", type=_finite_float, help="L2 penalty added to the gradient")
     option("--init", choices=("normal", "xavier", "uniform"),
            help="normal(0.01), MXNet's Xavier, or MXNet's default uniform(0.07)")
-    option("--schedule", choices=("constant", "cosine"),
-           help="learning rate: constant, or a half cosine down to 0 at the end")
+    option("--schedule", choices=("constant", "cosine", "onecycle"),
+           help="learning rate: constant; a half cosine down to 0 at the end; or one cycle (up "
+                "from lr/25 over the first 30%% of the steps, then a cosine down)")
+    option("--label-smoothing", type=_finite_float,
+           help="train against (1 - e) one-hot + e uniform labels")
     option("--seed", type=_seed)
     option("--impl", choices=("auto", "reference", "fast"),
            help="'fast' (jaxlenet.fast) or 'reference' (jaxlenet.layers); 'auto' is fast on the "
@@ -465,7 +468,16 @@ def _runtime_error(exc: Exception) -> str:
 def entry() -> None:
     """The console command: ``main``, then the process ends. After an interrupt it ends at once
     (its files are consistent: every write is atomic), not through the interpreter's teardown,
-    which can crash while XLA still runs the interrupted epoch."""
+    which can crash while XLA still runs the interrupted epoch.
+
+    Compiled programs are kept in the user cache (``$XDG_CACHE_HOME/jaxlenet/xla``), so a
+    command compiles what an earlier one compiled only once; ``bench`` measures compilation and
+    does not use it, nor does anything with ``JAXLENET_COMPILE_CACHE=0``."""
+    if sys.argv[1:2] != ["bench"] and os.environ.get("JAXLENET_COMPILE_CACHE", "1") != "0":
+        from jaxlenet._files import user_cache
+
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(user_cache() / "xla"))
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     code = main()
     if code == EXIT_INTERRUPTED:
         sys.stdout.flush()

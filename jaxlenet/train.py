@@ -44,6 +44,7 @@ class Config:
     seed: int = 0
     impl: str = "auto"
     limit: int | None = None
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.model not in models.MODELS:
@@ -65,11 +66,13 @@ class Config:
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-                    or not math.isfinite(np.float32(value))):
+                    or value > np.finfo(np.float32).max):
                 raise ValueError(f"{name} {value!r} must be a finite number >= 0 (in float32)")
         if not np.float32(self.lr) >= np.finfo(np.float32).tiny:
             raise ValueError(f"lr {self.lr!r} would not train: it must be at least "
                              f"{np.finfo(np.float32).tiny:.3g} (float32's smallest normal number)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing {self.label_smoothing!r} must be in [0, 1)")
         if self.momentum >= 1:
             raise ValueError(f"momentum {self.momentum} must be below 1")
         if self.schedule not in SCHEDULES:
@@ -88,7 +91,7 @@ class Config:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
 # A batch larger than this would not fit in memory, nor in the dataset.
 MAX_BATCH_SIZE = 60_000
 
@@ -110,11 +113,15 @@ class TrainingDiverged(RuntimeError):
 
 def optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
     """SGD as MXNet's: weight decay added to the gradient, then (Nesterov) momentum. The learning
-    rate is ``config.lr`` throughout ('constant'), or decays to 0 along a half cosine over all
-    ``config.epochs * steps_per_epoch`` steps ('cosine')."""
+    rate is ``config.lr`` throughout ('constant'), decays to 0 along a half cosine over all
+    ``config.epochs * steps_per_epoch`` steps ('cosine'), or rises from lr/25 to lr over the
+    first 30% of them and falls along a cosine to lr/25e4 over the rest ('onecycle')."""
     lr = config.lr
+    steps = max(config.epochs * steps_per_epoch, 1)
     if config.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(config.lr, max(config.epochs * steps_per_epoch, 1))
+        lr = optax.cosine_decay_schedule(config.lr, steps)
+    elif config.schedule == "onecycle":
+        lr = optax.cosine_onecycle_schedule(steps, config.lr)
     sgd = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
@@ -126,9 +133,13 @@ def _to_images(batch):
     return (batch.astype(jnp.float32) / 255.0)[:, None]
 
 
-def _masked_totals(logits, labels, valid):
-    """(sum of the losses, number correct) over the examples of a batch marked ``valid``."""
+def _masked_totals(logits, labels, valid, label_smoothing: float = 0.0):
+    """(sum of the losses, number correct) over the examples of a batch marked ``valid``; with
+    ``label_smoothing`` e, each loss is against labels (1 - e) one-hot + e uniform."""
     losses = softmax_cross_entropy(logits, labels)
+    if label_smoothing:
+        uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)
+        losses = (1 - label_smoothing) * losses + label_smoothing * uniform
     correct = jnp.argmax(logits, axis=-1) == labels
     return (jnp.sum(jnp.where(valid, losses, 0.0)),
             jnp.sum(jnp.where(valid, correct, False), dtype=jnp.int32))
@@ -136,7 +147,7 @@ def _masked_totals(logits, labels, valid):
 
 def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, batch_size: int,
                      *, progress: Callable[[int, int], None] | None = None,
-                     mesh: Mesh | None = None):
+                     mesh: Mesh | None = None, label_smoothing: float = 0.0):
     """A jitted ``epoch(params, opt_state, images, labels, key) -> (params, opt_state, mean loss,
     train accuracy)`` (both accumulated during the epoch, as the tutorial does) over uint8 images
     (N, 28, 28) and int labels (N,) already on the device(s), shuffled by ``key``: one compiled
@@ -145,7 +156,7 @@ def make_train_epoch(model: models.Model, opt: optax.GradientTransformation, bat
     gradients are summed across devices. ``progress(done, total)`` is called from inside the scan
     every few batches, if given."""
     def loss_fn(params, x, y, valid):
-        loss_sum, correct = _masked_totals(model.apply(params, x), y, valid)
+        loss_sum, correct = _masked_totals(model.apply(params, x), y, valid, label_smoothing)
         return loss_sum / batch_size, (loss_sum, correct)
 
     # Every output is a sum over the batch's examples (the loss divided by the whole batch's
@@ -315,7 +326,8 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
     train_x, train_y, test_x, test_y = shard_examples((train_x, train_y, test_x, test_y), mesh)
     params, opt_state = replicate((params, opt_state), mesh)
     show = _progress_bar if progress and jax.process_index() == 0 else None
-    train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show, mesh=mesh)
+    train_epoch = make_train_epoch(model, opt, config.batch_size, progress=show, mesh=mesh,
+                                   label_smoothing=config.label_smoothing)
     evaluate = make_evaluate(model, mesh=mesh)
 
     warned = False

@@ -4,8 +4,16 @@ Compiled programs are dropped after each test module, so the suite's memory does
 every shape it ever compiled."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Many tests compile the same small programs (and their subprocesses too): a session-wide
+# persistent cache compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="jaxlenet-tests-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
@@ -20,3 +28,8 @@ import pytest  # noqa: E402
 def _compiled_programs_per_module():
     yield
     jax.clear_caches()
+
+
+def pytest_sessionfinish(session):
+    if os.environ["JAX_COMPILATION_CACHE_DIR"].startswith(tempfile.gettempdir()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

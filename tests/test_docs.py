@@ -1,14 +1,15 @@
 """Every documented example runs, and prints what the documentation shows: the Python blocks of
 README.md and docs/*.md, and the documented LeNet-5 run of docs/from-mxnet.md."""
 
-import contextlib
-import io
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
-from jaxlenet import data, train
+from jaxlenet import data
 
 ROOT = pathlib.Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -17,43 +18,46 @@ REAL_DATA = pytest.mark.skipif(data.locate() is None, reason="Fashion-MNIST is n
 
 
 def python_blocks():
-    for path in DOCS:
-        for number, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(),
-                                                  re.S)):
-            yield pytest.param(block, id=f"{path.name}-{number}")
+    return [pytest.param(block, id=f"{path.name}-{number}") for path in DOCS
+            for number, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(),
+                                                      re.S))]
+
+
+def run_as_a_user(code: str, cwd, *, images: int | None = None) -> str:
+    """Runs ``code`` in a fresh Python as a user's would (one CPU device, no float64), in
+    ``cwd``; with ``images``, ``data.load_fashion_mnist`` gives only that many training images.
+    Returns what it printed; fails the test if it raises."""
+    if images is not None:
+        code = ("from jaxlenet import data\n_load = data.load_fashion_mnist\n"
+                "def _cut(*args, **kwargs):\n    (x, y), test = _load(*args, **kwargs)\n"
+                f"    return (x[:{images}], y[:{images}]), test\n"
+                "data.load_fashion_mnist = _cut\n") + code
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 @REAL_DATA
 @pytest.mark.parametrize("block", python_blocks())
-def test_python_blocks_run(block, tmp_path, monkeypatch):
+def test_python_blocks_run(block, tmp_path):
     """As written, in an empty directory; MXNet's import replaced by jaxlenet's where the text
     says that is the only change. The dataset is cut to 2,048 training images to keep it short."""
-    monkeypatch.chdir(tmp_path)
-    whole = data.load_fashion_mnist()
-    (train_x, train_y), test = whole
-    monkeypatch.setattr(data, "load_fashion_mnist",
-                        lambda *a, **k: ((train_x[:2048], train_y[:2048]), test))
-    code = block.replace("from mxnet import nd", "from jaxlenet import nd")
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(code, "<documented example>", "exec"), {})
+    run_as_a_user(block.replace("from mxnet import nd", "from jaxlenet import nd"), tmp_path,
+                  images=2048)
 
 
 @REAL_DATA
-def test_the_documented_lenet5_run(capsys):
+def test_the_documented_lenet5_run(tmp_path):
     """docs/from-mxnet.md shows the first and last lines of the tutorial's LeNet-5 recipe."""
     text = (ROOT / "docs" / "from-mxnet.md").read_text()
     shown = re.findall(r"`(epoch \d+  loss [\d.]+  train acc [\d.]+  test acc [\d.]+)  time", text)
     assert len(shown) == 2
     call = re.search(r"`(train\.fit\(train\.Config\(\*\*train\.RECIPES\[\"tutorial-lenet5\"\]\), "
                      r"data\.load_fashion_mnist\(\)\))`", text).group(1)
-    eval(call, {"train": train, "data": data})
-    printed = capsys.readouterr().out
+    printed = run_as_a_user(f"from jaxlenet import data, train\n{call}\n", tmp_path)
     for line in shown:
-        epoch = line.split()[1]
-        ran = re.search(rf"^epoch {epoch}  .*$", printed, re.M).group(0)
-        # The tests run on 4 simulated devices, which add the batch's gradient in another order.
-        assert [float(v) for v in re.findall(r"\d+\.\d+", ran)[:3]] == pytest.approx(
-            [float(v) for v in re.findall(r"\d+\.\d+", line)], abs=0.003), (line, ran)
+        assert line in printed, (line, printed)
 
 
 def porting_table():
