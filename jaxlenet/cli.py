@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--batch-size", type=_batch_size)
     option("--lr", type=_finite_float, help="learning rate")
     option("--momentum", type=_finite_float)
-    option("--nesterov", action="store_const", const=True, help="Nesterov momentum")
+    option("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum")
     option("--weight-decay", type=_finite_float, help="L2 penalty added to the gradient")
     option("--init", choices=("normal", "xavier", "uniform"),
            help="normal(0.01), MXNet's Xavier, or MXNet's default uniform(0.07)")

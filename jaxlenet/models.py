@@ -58,6 +58,7 @@ def _model(name: str, architecture: Callable, impl: str, platform: str | None, d
     else:
         run = reference.apply
 
+    @jax.jit  # one program, not one per initialiser call
     def init(key):
         params = reference.init(key, (1,) + IMAGE_SHAPE)[1]
         return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)

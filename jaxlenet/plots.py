@@ -43,20 +43,27 @@ def plot_curves(history: list[dict], path) -> pathlib.Path:
 
 def plot_predictions(images, labels, predicted, class_names, path, *, columns: int = 8
                      ) -> pathlib.Path:
-    """A grid of images (N, 28, 28) titled 'predicted / true'; mistakes in red."""
+    """A grid of images (N, 28, 28) titled 'predicted / true'; mistakes in red. One image of
+    the whole grid with the titles as text over it (a subplot per image takes ~5x longer)."""
     plt = _pyplot()
     images = np.asarray(images)
-    rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, image, true, guess in zip(np.ravel(axes), images, labels, predicted):
-        ax.imshow(image, cmap="gray_r" if image.max() <= 1 else "gray")
-        wrong = int(true) != int(guess)
-        ax.set_title(f"{class_names[int(guess)]}\n/ {class_names[int(true)]}", fontsize=7,
-                     color="red" if wrong else "black")
+    count, (height, width) = len(images), images.shape[1:]
+    rows = -(-count // columns)
+    cell_h, cell_w = height + 14, width + 4  # room for two lines of title above each image
+    grid = np.full((rows * cell_h, columns * cell_w), np.nan)
+    for i, image in enumerate(images):
+        top, left = (i // columns) * cell_h + 12, (i % columns) * cell_w + 2
+        grid[top:top + height, left:left + width] = image
+    fig = plt.figure(figsize=(1.5 * columns, 1.75 * rows + 0.3))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.3 / (1.75 * rows + 0.3)))
+    ax.axis("off")
+    ax.imshow(np.ma.masked_invalid(grid), cmap="gray_r" if images.max() <= 1 else "gray",
+              interpolation="nearest")
+    for i, (true, guess) in enumerate(zip(labels, predicted)):
+        ax.text((i % columns) * cell_w + cell_w / 2, (i // columns) * cell_h + 11,
+                f"{class_names[int(guess)]}\n/ {class_names[int(true)]}", fontsize=7,
+                ha="center", va="bottom", color="red" if int(true) != int(guess) else "black")
     fig.suptitle("predicted / true (mistakes in red)", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return pathlib.Path(path)

@@ -33,14 +33,14 @@ from jaxlenet.losses import softmax_cross_entropy
 class Config:
     """One training run; the command line is built from it and every checkpoint records it."""
     model: str = "lenet"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.1
     momentum: float = 0.9
-    nesterov: bool = False
+    nesterov: bool = True
     weight_decay: float = 5e-4
     init: str = "xavier"
-    schedule: str = "cosine"
+    schedule: str = "onecycle"
     seed: int = 0
     impl: str = "auto"
     limit: int | None = None
@@ -378,7 +378,8 @@ def chance_advice(config: Config, steps: int | None = None) -> str:
     step = config.lr / (1 - config.momentum)
     if config.momentum and step > 1:
         return (f"lr {config.lr:g} with momentum {config.momentum:g} moves like lr {step:g} "
-                "without it, far too large: lower --lr (the default is 0.05), or use --momentum 0 "
+                f"without it, far too large: lower --lr (the default is {Config.lr:g}), or use "
+                "--momentum 0 "
                 "for the tutorial's lr 0.5 (--recipe tutorial)")
     if step > 1 and config.model == "lenet":
         return f"lr {config.lr:g} is too large for this recipe: lower --lr"
@@ -400,16 +401,16 @@ def _divergence_advice(config: Config) -> str:
 
 def check_resumable(saved: Config, config: Config, out_dir) -> None:
     """Raises ValueError, naming the settings, if ``config`` cannot continue the run recorded
-    as ``saved`` in ``out_dir``: only ``epochs`` may differ, and not under a cosine schedule."""
+    as ``saved`` in ``out_dir``: only ``epochs`` may differ, and only under a constant rate."""
     different = _differences(saved, config)
     if different:
         raise ValueError(f"--resume: the run in {out_dir} was trained with "
                          f"{', '.join(different)}; a resumed run keeps every setting but "
                          "--epochs (start a new run with another --out instead)")
-    if saved.schedule == "cosine" and saved.epochs != config.epochs:
-        raise ValueError(f"--resume: the run in {out_dir} decays its learning rate over "
-                         f"{saved.epochs} epochs (cosine schedule) and cannot be extended "
-                         f"to {config.epochs}; start a new run instead")
+    if saved.schedule != "constant" and saved.epochs != config.epochs:
+        raise ValueError(f"--resume: the run in {out_dir} schedules its learning rate over "
+                         f"{saved.epochs} epochs ({saved.schedule} schedule) and cannot be "
+                         f"extended to {config.epochs}; start a new run instead")
 
 
 def _differences(saved: Config, asked: Config) -> list[str]:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxlenet import cli, data
+from jaxlenet import cli, data, train
 
 REAL_DATA = pytest.mark.skipif(data.locate() is None, reason="Fashion-MNIST is not installed "
                                "(apt-get install dataset-fashion-mnist); .ci/run installs it")
@@ -108,7 +108,7 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
                               "--out", str(out), "--resume", "--no-plots")
     assert code == 0 and stdout.startswith("epoch 2  ")  # the checkpoint's batch size and schedule
     code, _, err = run_cli(capsys, "train", "--resume", "--lr", "0.3", "--out", str(out))
-    assert code == 2 and "trained with lr 0.05 (asked: 0.3)" in err
+    assert code == 2 and f"trained with lr {train.Config.lr} (asked: 0.3)" in err
 
     from PIL import Image
     Image.fromarray(test_x[0]).resize((64, 64)).save(tmp_path / "shoe.png")

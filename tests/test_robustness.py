@@ -44,7 +44,8 @@ def test_fit_refuses_a_directory_that_holds_a_run_and_says_what_to_do(tmp_path):
     before = (tmp_path / runs.CHECKPOINT).read_bytes()
     with pytest.raises(runs.RunExists, match="already holds this run, complete"):
         train.fit(config, dataset, out_dir=tmp_path, **QUIET)
-    with pytest.raises(runs.RunExists, match=r"another run, trained with lr 0.05 \(asked: 0.3\)"):
+    with pytest.raises(runs.RunExists, match=rf"another run, trained with lr {config.lr} "
+                                             r"\(asked: 0.3\)"):
         train.fit(train.Config(epochs=2, batch_size=32, lr=0.3), dataset, out_dir=tmp_path,
                   **QUIET)
     assert (tmp_path / runs.CHECKPOINT).read_bytes() == before
@@ -81,12 +82,12 @@ def test_the_default_out_is_per_model_and_never_taken(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     flags = ["--epochs", "1", "--limit", "2048", "--no-plots"]
     assert run_cli(capsys, "train", *flags)[0] == 0
-    code, _, err = run_cli(capsys, "train", *flags, "--lr", "0.1")
+    code, _, err = run_cli(capsys, "train", *flags, "--lr", "0.05")
     assert code == 0 and "into runs/lenet-2" in err
     code, _, err = run_cli(capsys, "train", *flags, "--model", "lenet5")
     assert code in (0, cli.EXIT_AT_CHANCE) and "into runs/lenet5 " in err  # 32 steps of sigmoids
-    assert train.read_run("runs/lenet")[0].lr == 0.05
-    assert train.read_run("runs/lenet-2")[0].lr == 0.1
+    assert train.read_run("runs/lenet")[0].lr == train.Config.lr
+    assert train.read_run("runs/lenet-2")[0].lr == 0.05
 
 
 @REAL_DATA

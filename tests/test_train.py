@@ -136,7 +136,8 @@ def test_resume_may_extend_a_constant_rate_run(tmp_path):
 
 def test_resume_refuses_another_configuration(tmp_path):
     dataset = small_dataset(n_train=64, n_test=10)
-    train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
+    train.fit(train.Config(epochs=1, batch_size=32, lr=0.05), dataset, out_dir=tmp_path,
+              log=lambda _: None)
     with pytest.raises(ValueError, match=r"trained with lr 0.05 \(asked: 0.3\); a resumed run "
                                          "keeps every setting but --epochs"):
         train.fit(train.Config(epochs=2, batch_size=32, lr=0.3), dataset, out_dir=tmp_path,
