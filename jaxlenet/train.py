@@ -375,13 +375,13 @@ def at_chance(loss: float, accuracy: float) -> bool:
 def chance_advice(config: Config, steps: int | None = None) -> str:
     """The likely reason a run of ``config`` is stuck at chance level after ``steps`` optimiser
     steps, and what to change."""
-    step = config.lr / (1 - config.momentum)
-    if config.momentum and step > 1:
+    step = config.lr / (1 - config.momentum)  # the step size momentum converges to
+    if config.momentum and step > 2:
         return (f"lr {config.lr:g} with momentum {config.momentum:g} moves like lr {step:g} "
                 f"without it, far too large: lower --lr (the default is {Config.lr:g}), or use "
                 "--momentum 0 "
                 "for the tutorial's lr 0.5 (--recipe tutorial)")
-    if step > 1 and config.model == "lenet":
+    if step > 2 and config.model == "lenet":
         return f"lr {config.lr:g} is too large for this recipe: lower --lr"
     if config.model == "lenet5":
         return ("LeNet-5's sigmoids can take a few epochs to leave chance (the tutorial's run "

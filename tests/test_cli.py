@@ -103,7 +103,8 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
     assert code == 2 and "stopped after epoch 1 of 1" not in err  # never overwrites a run
     assert "already holds this run, complete" in err
     code, _, err = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048", "--out", str(out))
-    assert code == 2 and "schedule 'constant' (asked: 'cosine'); choose another --out" in err
+    assert code == 2 and f"schedule 'constant' (asked: '{train.Config.schedule}'); choose " \
+        "another --out" in err
     code, stdout, _ = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048",
                               "--out", str(out), "--resume", "--no-plots")
     assert code == 0 and stdout.startswith("epoch 2  ")  # the checkpoint's batch size and schedule

@@ -66,7 +66,8 @@ def test_two_processes_on_localhost_train_like_one(tmp_path):
     finally:
         for w in workers:
             w.kill()
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    # 8 steps may end at chance level (exit 4 from process 0): equality is what is tested here.
+    assert workers[0].returncode in (0, 4) and workers[1].returncode == 0, outputs
     assert "2 cpu device(s), 2 process(es)" in outputs[0][1]
     assert outputs[0][0].count("epoch ") == 2 and "epoch " not in outputs[1][0]  # process 0 reports
     config = train.Config(epochs=2, batch_size=64, schedule="constant", limit=256)

@@ -117,6 +117,7 @@ def test_chance_advice_names_the_cause():
     assert "--momentum 0" in train.chance_advice(train.Config(lr=0.5, momentum=0.9))
     assert "sigmoids" in train.chance_advice(train.Config(**train.RECIPES["tutorial-lenet5"]))
     assert "too few" in train.chance_advice(train.Config(), steps=16)
+    assert "momentum" not in train.chance_advice(train.Config())  # the defaults are sane
     assert train.at_chance(2.30, 0.10) and not train.at_chance(0.6, 0.8)
 
 

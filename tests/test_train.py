@@ -180,7 +180,8 @@ def test_config_rejects_bad_values():
 
 
 def test_optimizer_matches_mxnet_sgd_with_weight_decay_and_momentum():
-    config = train.Config(lr=0.1, momentum=0.9, weight_decay=0.01, schedule="constant")
+    config = train.Config(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
+                          schedule="constant")
     opt = train.optimizer(config)
     w = {"w": jnp.array([1.0, -2.0])}
     g = {"w": jnp.array([0.5, 0.25])}
