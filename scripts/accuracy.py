@@ -16,21 +16,22 @@ import jax
 from jaxlenet import data, devices, train
 
 RUNS = [
-    ("tutorial lenet", 0.88, train.Config(**train.RECIPES["tutorial"])),
-    ("tutorial lenet5", 0.73, train.Config(**train.RECIPES["tutorial-lenet5"])),
-    ("jaxlenet defaults", 0.91, train.Config()),
+    ("tutorial lenet", 0.88, train.Config(**train.RECIPES["tutorial"]), "--recipe tutorial"),
+    ("tutorial lenet5", 0.73, train.Config(**train.RECIPES["tutorial-lenet5"]),
+     "--recipe tutorial-lenet5"),
+    ("jaxlenet defaults", 0.91, train.Config(), ""),
 ]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=[name for name, _, _ in RUNS], action="append")
+    parser.add_argument("--only", choices=[name for name, *_ in RUNS], action="append")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     dataset = data.load_fashion_mnist(args.data_dir)
     device = devices.select_device("auto")
     rows, failed = [], False
-    for name, bar, config in RUNS:
+    for name, bar, config, flags in RUNS:
         if args.only and name not in args.only:
             continue
         print(f"== {name}: {config}", flush=True)
@@ -38,19 +39,13 @@ def main():
         final = history[-1]["test_acc"]
         seconds = statistics.median(m["seconds"] for m in history[1:] or history)
         failed |= final < bar
-        rows.append(f"| {name} | `{flags(config)}` | {config.epochs} | {seconds:.1f} | "
+        rows.append(f"| {name} | `{('jaxlenet train ' + flags).strip()}` | {config.epochs} | "
+                    f"{seconds:.1f} | "
                     f"{final:.4f} | {bar} | {'pass' if final >= bar else 'FAIL'} |")
     print(f"\ndevice: {device.platform} ({device.device_kind}), jax {jax.__version__}\n")
     print("| run | flags | epochs | s/epoch | test acc | bar | |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 1 if failed else 0
-
-
-def flags(config):
-    default = train.Config()
-    changed = [f"--{k.replace('_', '-')} {v}" for k, v in config.to_dict().items()
-               if v != getattr(default, k)]
-    return "jaxlenet train " + " ".join(changed) if changed else "jaxlenet train"
 
 
 if __name__ == "__main__":
