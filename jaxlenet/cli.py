@@ -264,10 +264,10 @@ def _train(args) -> int:
         saved, done = train.read_run(out)
         config = dataclasses.replace(saved, **given)
     else:
+        if args.out == "":
+            raise UsageError("--out is empty: name a directory")
         config = train.Config(**{**train.RECIPES[args.recipe or "default"], **given})
         out = pathlib.Path(args.out) if args.out is not None else _default_out(config.model)
-        if str(args.out) == "":
-            raise UsageError("--out is empty: name a directory")
         done = 0
     _start_cluster(args)
     import jax

@@ -296,7 +296,7 @@ def random_uniform(low=0.0, high=1.0, shape=(1,), ctx=None, dtype=None, *, key=N
 # ---------------------------------------------------------------------------- math and shapes
 
 
-def _values(name: str, data):
+def _values(data):
     """An array; comparisons (bool in JAX, float32 0/1 in MXNet) count as float32."""
     data = jnp.asarray(data)
     return data.astype(jnp.float32) if data.dtype == jnp.bool_ else data
@@ -317,7 +317,7 @@ def _reduction_axes(data, axis, exclude: bool) -> tuple[int, ...]:
 
 
 def _reduce(reduction, data, axis, keepdims, exclude):
-    data = _values("data", data)
+    data = _values(data)
     y = reduction(data, _reduction_axes(data, axis, exclude), keepdims)
     return y.reshape(1) if y.ndim == 0 else y  # MXNet's full reduction has shape (1,)
 
@@ -366,7 +366,7 @@ _max_to_every_tie.defvjp(_max_fwd, _max_bwd)
 def argmax(data=None, axis=None, keepdims=False):
     """``mx.nd.argmax``: the index of the first maximum, in the data's dtype (float32 for
     float32 data), as MXNet returns it; ``axis=None`` searches the flattened data (shape (1,))."""
-    data = _values("data", data)
+    data = _values(data)
     if axis is None:
         return jnp.argmax(data.reshape(-1)).astype(data.dtype).reshape(1)
     _reduction_axes(data, axis, False)
@@ -375,11 +375,11 @@ def argmax(data=None, axis=None, keepdims=False):
 
 def sqrt(data=None):
     """``mx.nd.sqrt``: NaN for negative values."""
-    return jnp.sqrt(_values("data", data))
+    return jnp.sqrt(_values(data))
 
 
 def exp(data=None):
-    return jnp.exp(_values("data", data))
+    return jnp.exp(_values(data))
 
 
 def maximum(lhs, rhs):
@@ -404,7 +404,7 @@ def log_softmax(data=None, axis=-1, temperature=None, dtype=None, use_length=Fal
     """``mx.nd.log_softmax`` along ``axis``, of ``data / temperature`` if one is given."""
     if use_length:
         raise ValueError("use_length=True is not supported")
-    data = _values("data", data)
+    data = _values(data)
     if temperature is not None:
         data = data / temperature
     y = jax.nn.log_softmax(data, axis=axis)
