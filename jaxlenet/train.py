@@ -66,7 +66,7 @@ class Config:
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-                    or value > np.finfo(np.float32).max):
+                    or value > float(np.finfo(np.float32).max)):
                 raise ValueError(f"{name} {value!r} must be a finite number >= 0 (in float32)")
         if not np.float32(self.lr) >= np.finfo(np.float32).tiny:
             raise ValueError(f"lr {self.lr!r} would not train: it must be at least "

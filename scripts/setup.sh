@@ -17,5 +17,5 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
-.venv/bin/python -m jaxlenet.fast.kernels >/dev/null \
+.venv/bin/python -c "from jaxlenet.fast import kernels; kernels.build()" \
   || echo "setup: jaxlenet's CPU kernels did not build; it will run XLA's slower formulation" >&2

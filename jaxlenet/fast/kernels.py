@@ -3,8 +3,8 @@
 Where XLA:CPU runs part of a training step far below the machine's speed and a short C++ loop
 does much better (docs/performance.md), the loop runs instead: on the CPU, for float32. Everywhere
 else (a GPU, float64, no kernels) the XLA formulation runs, which the tests compare the kernels
-with. The source is compiled on first use, or by ``python -m jaxlenet.fast.kernels`` (which
-``scripts/setup.sh`` runs), into the user cache, keyed by the source and the jaxlib version, with
+with. The source is compiled on first use, or by ``kernels.build()`` (which
+``scripts/setup.sh`` calls), into the user cache, keyed by the source and the jaxlib version, with
 the library's SHA-256 beside it: a library that does not match it (truncated, replaced, empty) is
 rebuilt, never loaded. Building needs a C++ compiler (``$CXX``, ``g++`` or ``c++``) and an x86-64
 CPU with AVX-512; without them jaxlenet warns once and runs XLA's formulation.
@@ -160,6 +160,3 @@ def _intact(library: pathlib.Path) -> bool:
     except OSError:
         return False
 
-
-if __name__ == "__main__":
-    print(build())
