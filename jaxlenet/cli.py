@@ -297,17 +297,13 @@ def _train(args) -> int:
     print(f"jaxlenet: {out} holds checkpoint.npz, metrics.jsonl"
           + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
     if history and train.at_chance(history[-1]["test_loss"], history[-1]["test_acc"]):
+        steps = train.steps_in_an_epoch(config, len(dataset[0][0]))
         print(f"jaxlenet: failed: the run ended at chance level (test accuracy "
               f"{history[-1]['test_acc']:.3f}): it learned nothing. "
-              f"{train.chance_advice(config, config.epochs * _steps(config))}",
+              f"{train.chance_advice(config, config.epochs * steps)}",
               file=sys.stderr)
         return EXIT_AT_CHANCE
     return 0
-
-
-def _steps(config) -> int:
-    """Optimiser steps per epoch of ``config`` on Fashion-MNIST's 60,000 training images."""
-    return -(-min(config.limit or 60_000, 60_000) // config.batch_size)
 
 
 def _kept_after_interrupt(out: pathlib.Path) -> str:

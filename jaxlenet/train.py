@@ -301,7 +301,7 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
     if config.batch_size % mesh.size:
         raise ValueError(f"batch size {config.batch_size} does not divide evenly over "
                          f"{mesh.size} devices; choose a multiple of {mesh.size} or --devices")
-    steps_per_epoch = -(-len(train_x) // config.batch_size)
+    steps_per_epoch = steps_in_an_epoch(config, len(train_x))
     start, history = 0, []
     if resume:
         saved, model, params, opt_state, key, start = load_checkpoint(out_dir, platform=platform)
@@ -364,6 +364,12 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
                              "history": history})
             runs.write_metrics(out, history)
     return to_host(params), history
+
+
+def steps_in_an_epoch(config: Config, examples: int) -> int:
+    """Optimiser steps of one epoch of ``config`` over ``examples`` training examples (already
+    cut to ``config.limit``, or not): the last, partial batch counts."""
+    return -(-min(examples, config.limit or examples) // config.batch_size)
 
 
 def at_chance(loss: float, accuracy: float) -> bool:
