@@ -70,8 +70,7 @@ def read_payload(path, *, max_size: int | None = None) -> bytes:
     path = pathlib.Path(path)
     try:
         size = path.stat().st_size
-        # A gzip file of a payload is never much larger than the payload.
-        if max_size is not None and size > max_size + max_size // 100 + 1024:
+        if max_size is not None and size > _largest_file(max_size):
             raise DataError(f"{path}: {size:,} bytes, more than the {max_size:,} expected")
         raw = path.read_bytes()
     except OSError as exc:
@@ -178,7 +177,7 @@ def download(directory=None, *, mirrors=None, timeout: float = 30.0, retries: in
             for attempt in range(retries):
                 try:
                     raw = _fetch(mirror + filename, timeout, progress,
-                                 max_bytes=size + size // 100 + 1024)
+                                 max_bytes=_largest_file(size))
                     payload = decompress(raw, mirror + filename, max_size=size)
                     if sha256(payload) != digest:
                         raise DataError(f"checksum mismatch (SHA-256 {sha256(payload)[:12]}..., "
@@ -264,6 +263,12 @@ def load_fashion_mnist(data_dir=None, *, allow_download: bool = True,
 def payload_size(shape: tuple[int, ...]) -> int:
     """Bytes of an IDX file of uint8 values of ``shape``: magic, dimensions, data."""
     return 4 + 4 * len(shape) + math.prod(shape)
+
+
+def _largest_file(payload: int) -> int:
+    """The most bytes a file holding ``payload`` bytes, gzipped or not, can take: gzip never
+    makes data much larger."""
+    return payload + payload // 100 + 1024
 
 
 def _missing_files(directory: pathlib.Path) -> str:
