@@ -139,17 +139,20 @@ def summary(model: Model, batch_size: int = 1) -> list[tuple[str, tuple[int, ...
 
 def describe(model: Model, batch_size: int = 1) -> str:
     """The network as Gluon's ``print(net)`` lists it once its input shape is known."""
-    rows = summary(model, batch_size)
-    return "\n".join(["Sequential("] + [f"  ({i}): {description}"
-                                         for i, (_, _, _, description) in enumerate(rows)] + [")"])
+    return _listing(summary(model, batch_size))
 
 
 def format_summary(model: Model, batch_size: int = 1) -> str:
     """``describe(model)``, then each layer's output shape and parameter count, as the
     tutorial's loop over ``net`` prints them."""
     rows = summary(model, batch_size)
-    lines = [describe(model, batch_size)]
+    lines = [_listing(rows)]
     lines += [f"{name} output shape:\t {shape}\t params: {count:,}"
               for name, shape, count, _ in rows]
     lines.append(f"total params: {sum(count for _, _, count, _ in rows):,}")
     return "\n".join(lines)
+
+
+def _listing(rows) -> str:
+    return "\n".join(["Sequential("] + [f"  ({i}): {description}"
+                                         for i, (_, _, _, description) in enumerate(rows)] + [")"])
