@@ -15,19 +15,20 @@ from jax import lax
 
 from jaxlenet import fast, layers
 from jaxlenet.fast import kernels
-from jaxlenet.fast.conv2d import FEW_CHANNELS, MIN_FAST_FILTERS
+from jaxlenet.fast.conv2d import FEW_CHANNELS
 
 
 def _can_run_kernels():
     if platform.machine().lower() not in ("x86_64", "amd64") or not shutil.which("g++"):
         return False
     with open("/proc/cpuinfo") as f:
-        return "avx512f" in f.read()
+        flags = f.read()
+    return "avx512f" in flags or ("avx2" in flags and "fma" in flags)
 
 
 # Where they can run, they must: a broken build would otherwise pass as the slow path.
 needs_kernels = pytest.mark.skipif(not _can_run_kernels(),
-                                   reason="needs x86-64 with AVX-512 and g++")
+                                   reason="needs x86-64 with AVX-512 or AVX2 and FMA, and g++")
 
 
 @needs_kernels
@@ -85,8 +86,8 @@ def test_few_channel_forward_kernel_equals_float64_convolution(n, size, channels
     b = jnp.asarray(rng.standard_normal(filters), jnp.float32)
     forward = jax.jit(lambda x, w, b: fast.conv(x, w, b, padding=pad))
     uses_kernel = "jaxlenet_conv_forward" in forward.lower(x, w, b).as_text()
-    # Only few-channel convolutions that skip the row matmul (which has no custom VJP) take it.
-    assert uses_kernel == (channels <= FEW_CHANNELS and filters >= MIN_FAST_FILTERS)
+    # Few-channel convolutions take it (the row matmul is for where the kernels cannot run).
+    assert uses_kernel == (channels <= FEW_CHANNELS)
     want = _exact_conv(x, w, b, pad)
     np.testing.assert_allclose(forward(x, w, b), want, rtol=0,
                                atol=2e-6 * float(jnp.max(jnp.abs(want))))
@@ -126,6 +127,65 @@ def test_fused_conv_pool_gradient_kernel_equals_the_layers_in_float64(n, size, c
         jax.tree_util.tree_map(lambda a: a.astype(np.float64), params), x.astype(np.float64))
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-3)  # integers: exact sums
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,size,channels,filters,kernel,pad", SHAPES)
+def test_input_gradient_by_the_forward_kernel_equals_float64_autodiff(n, size, channels, filters,
+                                                                      kernel, pad):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n,) + size + (channels,))
+    w = rng.standard_normal((filters, channels) + kernel)
+    y, vjp = jax.vjp(lambda x: layers.conv(x, jnp.asarray(w), padding=pad, layout="NHWC"),
+                     jnp.asarray(x))
+    dy = rng.standard_normal(y.shape)
+    want = vjp(jnp.asarray(dy))[0]
+    grad = jax.jit(lambda dy, w: fast.conv_input_grad(dy, w, pad))
+    dy32, w32 = jnp.asarray(dy, jnp.float32), jnp.asarray(w, jnp.float32)
+    assert "jaxlenet_conv_forward" in grad.lower(dy32, w32).as_text()
+    np.testing.assert_allclose(grad(dy32, w32), want, rtol=0,
+                               atol=2e-6 * float(jnp.max(jnp.abs(want))) + 1e-6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("positions,filters", [(4, 20), (4, 6), (6, 3), (1, 9)])
+def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters):
+    """The max over each window's positions and the first position holding it, with exact ties
+    (small integers)."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, (3, 7, 8, 4)).astype(np.float32)
+    w = rng.integers(-1, 2, (positions * filters, 4, 3, 3)).astype(np.float32)
+    b = rng.integers(-1, 2, positions * filters).astype(np.float32)
+
+    def by_xla(x, w, b):
+        y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = (y + b[None, None, None]).reshape(y.shape[:3] + (positions, filters))
+        top = jnp.max(y, axis=3)
+        position = jnp.arange(positions).reshape(1, 1, 1, positions, 1)
+        first = jnp.min(jnp.where(y == top[:, :, :, None], position, positions), axis=3)
+        return top, first.astype(jnp.int32)
+
+    forward = jax.jit(lambda x, w, b: kernels.conv_max_forward(x, w, b, positions, by_xla))
+    assert "jaxlenet_conv_max_forward" in forward.lower(x, w, b).as_text()
+    (top, first), (want_top, want_first) = forward(x, w, b), jax.jit(by_xla)(x, w, b)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_array_equal(first, want_first)
+    if positions > 1:  # the maxima lie at several positions, not always the first
+        assert len(np.unique(np.asarray(first))) > 1
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64")
+                    or not shutil.which("g++"), reason="needs x86-64 and g++")
+def test_kernels_build_for_the_other_instruction_set(tmp_path, monkeypatch):
+    """A machine runs the kernels built for one of AVX-512 and AVX2 (the tests above); the
+    other must compile here too."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    other = "avx2" if kernels.instruction_set() == "avx512" else "avx512"
+    library = kernels.build(other)
+    assert library.name.endswith(f"-{other}.so") and library.stat().st_size > 0
+    with pytest.raises(OSError, match="instruction set 'sse2'"):
+        kernels.build("sse2")
 
 
 @needs_kernels

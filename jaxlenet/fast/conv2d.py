@@ -31,9 +31,10 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
     """Equals ``layers.conv(x, weight, bias, ..., layout="NHWC")`` for channels-last 2-D data
     ``x`` (N, H, W, C) and ``weight`` (O, C/groups, kh, kw): returns (N, Ho, Wo, O).
 
-    Stride-1 convolutions with few channels and filters on narrow images run as one matmul over
-    pieces of image rows (``_conv_rows``); other stride-1 ones have a custom VJP (``_conv_nhwc``);
-    the rest run XLA's convolution in its fastest weight layout."""
+    Stride-1 convolutions have a custom VJP (``_conv_nhwc``), whose passes run C++ kernels on the
+    CPU; where those cannot run, the ones with few channels and filters on narrow images run as
+    one matmul over pieces of image rows instead (``_conv_rows``). The rest run XLA's
+    convolution in its fastest weight layout."""
     jax.eval_shape(functools.partial(reference_conv, stride=stride, padding=padding,
                                      dilation=dilation, groups=groups, layout="NHWC"),
                    x, weight, bias)  # the reference's checks, with their errors
@@ -46,7 +47,7 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int =
     if groups != 1 or stride != (1, 1) or dilation != (1, 1):
         return _conv_xla(x, weight, bias, stride, padding, dilation, groups)
     if (channels <= FEW_CHANNELS and out_channels < MIN_FAST_FILTERS
-            and x.shape[2] + 2 * padding[1] <= _MAX_ROW_WIDTH):
+            and x.shape[2] + 2 * padding[1] <= _MAX_ROW_WIDTH and not kernels.run_on(x, weight)):
         return _conv_rows(x, weight, bias, padding)
     return _conv_nhwc(x, weight, bias, padding)
 
@@ -169,9 +170,23 @@ def input_grad(dy, weight, padding):
     output's cotangent ``dy`` (N, Ho, Wo, O) and ``weight`` (O, C, kh, kw): what autodiff of
     ``layers.conv`` gives.
 
-    That is a convolution of dy with the flipped kernel whose filters are the C input channels,
-    usually few, which XLA:CPU runs slowly. So the kernel's columns are folded into the filters:
-    one convolution over the rows alone with kw*C filters, then the kw column shifts summed."""
+    That is a convolution of dy, padded by kernel - 1 - padding (negative: cropped), with the
+    flipped kernel, whose filters are the C input channels: on the CPU in float32 by the C++
+    forward kernel, elsewhere by ``_input_grad_by_rows``."""
+    kh, kw = weight.shape[2:]
+    dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
+                  [(0, 0, 0), (kh - 1 - padding[0],) * 2 + (0,),
+                   (kw - 1 - padding[1],) * 2 + (0,), (0, 0, 0)])
+    flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (1, 0, 2, 3))  # (C, O, kh, kw)
+    return kernels.conv_forward(dyp, flipped, jnp.zeros((weight.shape[1],), dy.dtype),
+                                lambda *_: _input_grad_by_rows(dy, weight, padding))
+
+
+def _input_grad_by_rows(dy, weight, padding):
+    """``input_grad`` in the form XLA:CPU runs fastest: the flipped-kernel convolution has the
+    layer's few input channels as filters, which it runs slowly, so the kernel's columns are
+    folded into the filters: one convolution over the rows alone with kw*C filters, then the kw
+    column shifts summed."""
     out_channels, channels, kh, kw = weight.shape
     rows_only = jnp.transpose(weight[:, :, ::-1, :], (3, 1, 0, 2))  # (kw, C, O, kh), rows flipped
     rows_only = rows_only.reshape(kw * channels, out_channels, kh, 1)

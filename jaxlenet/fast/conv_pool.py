@@ -77,21 +77,32 @@ def _conv_max_relu(blocks, weight, bias, positions):
     kept, and the weight's gradient comes from them (``kernels.conv_pool_param_grads``): on the
     CPU the convolution's cotangent, zero at all but one position of a window, is never written
     out whole."""
-    y = conv(blocks, weight, bias)
-    # Undifferentiated, the ReLU runs before the max (the same values: ReLU commutes with max):
-    # it keeps XLA from fusing the max into the convolution's YNNPACK call, which runs slower.
-    return _positions_max(relu(y.reshape(y.shape[:3] + (positions, -1)))).reshape(
-        y.shape[:3] + (-1,))
+    return relu(_conv_positions_max(blocks, weight, bias, positions, relu_first=True)[0])
 
 
 def _conv_max_relu_fwd(blocks, weight, bias, positions):
-    y = conv(blocks, weight, bias)
-    y = y.reshape(y.shape[:3] + (positions, -1))
-    top = jnp.max(y, axis=3, keepdims=True)
-    _, first = first_maximum(y, top, (3,))
-    top, first = top[:, :, :, 0], first[:, :, :, 0]
+    top, first = _conv_positions_max(blocks, weight, bias, positions)
     # The ReLU after the max: a window whose max is <= 0 passes no gradient (relu'(0) = 0).
     return relu(top), (blocks, weight, first, top > 0)
+
+
+def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False):
+    """(the max over the positions of conv(blocks, weight, bias), the first position holding
+    it), each (N, Ho, Wo, O): on the CPU by one C++ kernel that never writes the convolution's
+    output out whole (``kernels.conv_max_forward``). Elsewhere, with ``relu_first``, the ReLU
+    runs before the max (the same values after a ReLU of the max, and a different first
+    position, for callers that need none): it keeps XLA from fusing the max into the
+    convolution's YNNPACK call, which runs slower."""
+    def by_xla(blocks, weight, bias):
+        y = conv(blocks, weight, bias)
+        y = y.reshape(y.shape[:3] + (positions, -1))
+        if relu_first:
+            y = relu(y)
+        top = jnp.max(y, axis=3, keepdims=True)
+        _, first = first_maximum(y, top, (3,))
+        return top[:, :, :, 0], first[:, :, :, 0]
+
+    return kernels.conv_max_forward(blocks, weight, bias, positions, by_xla)
 
 
 def _conv_max_relu_bwd(positions, residuals, cotangent):

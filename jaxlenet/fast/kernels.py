@@ -35,6 +35,11 @@ _SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _PARAM_GRADS = "jaxlenet_conv_param_grads"
 _FORWARD = "jaxlenet_conv_forward"
 _POOL_PARAM_GRADS = "jaxlenet_conv_pool_param_grads"
+_MAX_FORWARD = "jaxlenet_conv_max_forward"
+# The instruction sets the kernels are written for, widest first: the CPU flags each needs (as
+# Linux's /proc/cpuinfo names them) and the compiler's flags for it.
+_INSTRUCTION_SETS = {"avx512": ({"avx512f", "fma"}, ["-mavx512f", "-mfma"]),
+                     "avx2": ({"avx2", "fma"}, ["-mavx2", "-mfma"])}
 
 
 def conv_param_grads(x, dy, kernel, fallback):
@@ -83,12 +88,37 @@ def conv_forward(x, weight, bias, fallback):
     return _on_cpu(on_cpu, fallback, x, weight, bias)
 
 
+def conv_max_forward(x, weight, bias, positions, fallback):
+    """``conv_forward`` for a convolution whose P*O filters are the P = ``positions`` positions
+    of a max pool's windows times O filters (``weight`` (P*O, C, kh, kw)), followed by the max
+    over the positions: (top, first), both (N, H-kh+1, W-kw+1, O), top the max over p of filter
+    p*O + o (NaN where one is NaN), first the first p holding it (int32; P where top is NaN).
+    The convolution's output is never written out whole. ``fallback(x, weight, bias)``
+    elsewhere."""
+    def on_cpu(x, weight, bias):
+        _, _, kh, kw = weight.shape
+        shape = (x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1,
+                 weight.shape[0] // positions)
+        return jax.ffi.ffi_call(
+            _MAX_FORWARD, (jax.ShapeDtypeStruct(shape, jnp.float32),
+                           jax.ShapeDtypeStruct(shape, jnp.int32)),
+            vmap_method="sequential")(x, jnp.transpose(weight, (2, 3, 1, 0)), bias)
+
+    return _on_cpu(on_cpu, fallback, x, weight, bias)
+
+
+def run_on(*arrays) -> bool:
+    """Whether the kernels take these arrays where the program runs on the CPU: their floating
+    arrays are all float32, and the kernels are ``available()``."""
+    floats = [jnp.result_type(a) for a in arrays
+              if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+    return all(dtype == jnp.float32 for dtype in floats) and available()
+
+
 def _on_cpu(kernel, fallback, *args):
-    """``kernel(*args)`` where the program runs on the CPU, ``fallback(*args)`` on other
-    platforms; ``fallback`` alone for floating arrays other than float32 or without the
-    kernels."""
-    floats = [jnp.result_type(a) for a in args if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
-    if any(dtype != jnp.float32 for dtype in floats) or not available():
+    """``kernel(*args)`` where the program runs on the CPU and ``run_on(*args)``,
+    ``fallback(*args)`` otherwise."""
+    if not run_on(*args):
         return fallback(*args)
     return lax.platform_dependent(*args, cpu=kernel, default=fallback)
 
@@ -97,8 +127,7 @@ def _on_cpu(kernel, fallback, *args):
 def available() -> bool:
     """Whether the kernels are built, this CPU runs them, and XLA knows them (built and registered
     now if need be)."""
-    if (os.environ.get("JAXLENET_CPU_KERNELS", "1") == "0"
-            or platform.machine().lower() not in ("x86_64", "amd64")):
+    if os.environ.get("JAXLENET_CPU_KERNELS", "1") == "0" or instruction_set() is None:
         return False
     try:
         library = ctypes.CDLL(str(build()))
@@ -110,18 +139,39 @@ def available() -> bool:
         return False
     for name, handler in ((_PARAM_GRADS, library.JaxlenetConvParamGrads),
                           (_FORWARD, library.JaxlenetConvForward),
-                          (_POOL_PARAM_GRADS, library.JaxlenetConvPoolParamGrads)):
+                          (_POOL_PARAM_GRADS, library.JaxlenetConvPoolParamGrads),
+                          (_MAX_FORWARD, library.JaxlenetConvMaxForward)):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 
-def build() -> pathlib.Path:
-    """Compiles ``kernels.cc`` into the user cache unless a library that matches the SHA-256
-    recorded beside it at build time is there already; returns the shared library's path. Raises
-    OSError (the compiler's message in it) if it cannot."""
+@functools.cache
+def instruction_set() -> str | None:
+    """The widest of the kernels' instruction sets ("avx512", "avx2") this CPU has, or None (not
+    x86-64, neither set, or no /proc/cpuinfo to tell)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f
+                          if line.startswith("flags")), set())
+    except OSError:
+        return None
+    return next((name for name, (needs, _) in _INSTRUCTION_SETS.items() if needs <= flags), None)
+
+
+def build(isa: str | None = None) -> pathlib.Path:
+    """Compiles ``kernels.cc`` for the instruction set ``isa`` (default: ``instruction_set()``)
+    into the user cache unless a library that matches the SHA-256 recorded beside it at build
+    time is there already; returns the shared library's path. Raises OSError (the compiler's
+    message in it) if it cannot."""
+    isa = isa or instruction_set()
+    if isa not in _INSTRUCTION_SETS:
+        raise OSError(f"jaxlenet's kernels need an x86-64 CPU with AVX-512 or AVX2 and FMA; "
+                      f"instruction set {isa!r} is not one of {sorted(_INSTRUCTION_SETS)}")
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-    library = user_cache() / "kernels" / f"cpu_kernels-{key}.so"
+    library = user_cache() / "kernels" / f"cpu_kernels-{key}-{isa}.so"
     if _intact(library):
         return library
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -133,7 +183,7 @@ def build() -> pathlib.Path:
     # it whole, also while another one is building it.
     fd, partial = tempfile.mkstemp(dir=library.parent, prefix=library.name + ".", suffix=".part")
     os.close(fd)
-    command = [compiler, "-O3", "-mavx512f", "-mfma", "-std=c++17", "-shared", "-fPIC",
+    command = [compiler, "-O3", *_INSTRUCTION_SETS[isa][1], "-std=c++17", "-shared", "-fPIC",
                "-pthread", "-w", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", partial]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
