@@ -20,8 +20,8 @@ def test_sharded_training_equals_one_device(devices):
     """Kept short (8 steps): the two programs round differently (XLA fuses the partitioned one
     differently), and once in a while a ReLU input within rounding of zero then flips sign, which
     moves a parameter by ~1e-4 for the rest of the run (512 examples x 2 epochs hit one). The
-    C++ kernels sum each device's share of a batch in chunks of images, so a small parameter can
-    end up a few 1e-6 apart (3.3e-6 seen on an AVX2 machine). A wrong gradient sum across devices
+    C++ kernels sum each device's share of a batch in chunks of images, which rounds differently
+    again (seen on an AVX2 machine: one bias 2e-5 apart). A wrong gradient sum across devices
     moves them by ~1e-1."""
     dataset = small_dataset(n_train=256, n_test=100)
     config = train.Config(epochs=2, batch_size=64, lr=0.05)
@@ -29,7 +29,7 @@ def test_sharded_training_equals_one_device(devices):
     many, history_many = train.fit(config, dataset, device="cpu", devices=devices,
                                    log=lambda _: None)
     for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(many)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4)
     for a, b in zip(history_one, history_many):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.011)

@@ -114,7 +114,8 @@ def _conv_nhwc(x, weight, bias, padding):
         return with_xla(x, weight, bias)
     xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
     return kernels.conv_forward(xp, weight, bias,
-                                lambda xp, weight, bias: with_xla(x, weight, bias))
+                                lambda xp, weight, bias: with_xla(x, weight, bias),
+                                zero_border=(padding[0],) * 2 + (padding[1],) * 2)
 
 
 def _conv_nhwc_fwd(x, weight, bias, padding):
@@ -174,12 +175,13 @@ def input_grad(dy, weight, padding):
     flipped kernel, whose filters are the C input channels: on the CPU in float32 by the C++
     forward kernel, elsewhere by ``_input_grad_by_rows``."""
     kh, kw = weight.shape[2:]
+    border = (kh - 1 - padding[0], kw - 1 - padding[1])
     dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
-                  [(0, 0, 0), (kh - 1 - padding[0],) * 2 + (0,),
-                   (kw - 1 - padding[1],) * 2 + (0,), (0, 0, 0)])
+                  [(0, 0, 0), (border[0],) * 2 + (0,), (border[1],) * 2 + (0,), (0, 0, 0)])
     flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (1, 0, 2, 3))  # (C, O, kh, kw)
     return kernels.conv_forward(dyp, flipped, jnp.zeros((weight.shape[1],), dy.dtype),
-                                lambda *_: _input_grad_by_rows(dy, weight, padding))
+                                lambda *_: _input_grad_by_rows(dy, weight, padding),
+                                zero_border=(max(border[0], 0),) * 2 + (max(border[1], 0),) * 2)
 
 
 def _input_grad_by_rows(dy, weight, padding):

@@ -91,6 +91,9 @@ constexpr int kFilterChunk = kLanes * (kWide ? 5 : 3);
 
 struct Shape {
   int64_t n, h, w, c, o, kh, kw;
+  // Rows on top and bottom and columns left and right of x known to be zero (padding): the
+  // forward kernel skips the kernel taps that read nothing else.
+  int64_t zero_top = 0, zero_bottom = 0, zero_left = 0, zero_right = 0;
   int64_t ho() const { return h - kh + 1; }
   int64_t wo() const { return w - kw + 1; }
   int64_t row() const { return kw * c; }  // floats of x under one kernel row
@@ -421,10 +424,14 @@ void ForwardTile(const Shape& s, const float* x, const float* wt, const float* b
 #pragma GCC unroll 16
     for (int p = 0; p < PB; ++p) a[p][v] = bias;
   }
-  for (int64_t i = 0; i < s.kh; ++i) {
+  const int64_t i0 = std::max<int64_t>(0, s.zero_top - h),
+                i1 = std::min(s.kh, s.h - s.zero_bottom - h),
+                j0 = std::max<int64_t>(0, s.zero_left - (w + PB - 1)),
+                j1 = std::min(s.kw, s.w - s.zero_right - w);
+  for (int64_t i = i0; i < i1; ++i) {
     const float* xr = x + ((h + i) * s.w + w) * s.c;
-    const float* wr = wt + i * s.row() * s.o + o0;
-    for (int64_t jc = 0; jc < s.row(); ++jc, wr += s.o) {  // (j, c): contiguous in x's row
+    const float* wr = wt + (i * s.row() + j0 * s.c) * s.o + o0;
+    for (int64_t jc = j0 * s.c; jc < j1 * s.c; ++jc, wr += s.o) {  // (j, c): contiguous in x
       Vec wv[NV];
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v)
@@ -509,18 +516,27 @@ void ForwardImages(const Shape& s, const float* x, const float* wt, const float*
 }
 
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt,
-                       ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y) {
+                       ffi::Buffer<ffi::F32> b, ffi::Span<const int64_t> zero_border,
+                       ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = wt.dimensions(), bd = b.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || bd.size() != 1 || yd.size() != 4) {
     return ffi::Error::InvalidArgument("conv forward: x, wt and y must be 4-D, b 1-D");
   }
-  const Shape s{xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1]};
+  Shape s{xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1]};
   if (wd[2] != s.c || bd[0] != s.o || yd[0] != s.n || yd[1] != s.ho() || yd[2] != s.wo() ||
       yd[3] != s.o || s.ho() < 1 || s.wo() < 1) {
     return ffi::Error::InvalidArgument(
         "conv forward: expected x (N, H, W, C), wt (KH, KW, C, O), b (O) and "
         "y (N, H-KH+1, W-KW+1, O)");
   }
+  if (zero_border.size() != 4 || *std::min_element(zero_border.begin(), zero_border.end()) < 0) {
+    return ffi::Error::InvalidArgument(
+        "conv forward: zero_border must be 4 counts >= 0 (rows top, bottom, columns left, right)");
+  }
+  s.zero_top = zero_border[0];
+  s.zero_bottom = zero_border[1];
+  s.zero_left = zero_border[2];
+  s.zero_right = zero_border[3];
   ParallelFor(pool, s.n, std::min(s.n, kImageChunks), [&](int64_t n0, int64_t n1, int64_t) {
     ForwardImages(s, x.typed_data(), wt.typed_data(), b.typed_data(), y->typed_data(), n0, n1);
   });
@@ -601,6 +617,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvForward, ConvForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("zero_border")
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolParamGrads, ConvPoolParamGrads,
