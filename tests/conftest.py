@@ -31,5 +31,9 @@ def _compiled_programs_per_module():
 
 
 def pytest_sessionfinish(session):
+    # The workers of a parallel run (pytest-xdist) share the cache their controller made; it
+    # removes it once they have all finished.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if os.environ["JAX_COMPILATION_CACHE_DIR"].startswith(tempfile.gettempdir()):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
