@@ -100,16 +100,18 @@ def test_few_channel_forward_kernel_equals_float64_convolution(n, size, channels
     (2, (8, 9), 2, 3, (3, 2), (1, 0), (2, 2)),
     (2, (10, 9), 1, 5, (2, 3), 0, (3, 2)),
 ])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_fused_conv_pool_gradient_kernel_equals_the_layers_in_float64(n, size, channels, filters,
-                                                                      kernel, pad, window):
-    """The fused layer's backward pass on the CPU (the first maximum's position and the ReLU's
-    mask handed to the kernel) against the two layers one after the other in float64. Small
-    integers make exact ties, so the first-maximum rule is tested too."""
+                                                                      kernel, pad, window,
+                                                                      activation):
+    """The fused layer's backward pass on the CPU (the first maximum's position and the
+    activation's derivative there handed to the kernel) against the two layers one after the
+    other in float64. Small integers make exact ties, so the first-maximum rule is tested too."""
     rng = np.random.default_rng(3)
-    conv_layer = layers.Conv(filters, kernel, padding=pad, activation="relu", layout="NHWC")
+    conv_layer = layers.Conv(filters, kernel, padding=pad, activation=activation, layout="NHWC")
     pool_layer = layers.Pool(window, layout="NHWC")
     net = fast.layers.serial(*fast.layers.fuse_conv_pool(
-        (("conv", fast.layers.Conv(filters, kernel, padding=pad, activation="relu")),
+        (("conv", fast.layers.Conv(filters, kernel, padding=pad, activation=activation)),
          ("pool", fast.layers.Pool(window)))))
     x = rng.integers(-2, 3, (n,) + size + (channels,)).astype(np.float32)
     params = {"conv": {"weight": rng.integers(-1, 2, (filters, channels) + kernel).astype(

@@ -59,31 +59,75 @@ def conv_max_pool(x, weight, bias=None, *, padding=0, window=2, activation: str 
     # Channels ordered (row in window, column in window, filter): the window's positions in
     # row-major order, so the first maximum is MXNet's. The batch axis stays an axis of its own,
     # so that a batch split over devices stays split.
-    if activation == "relu":
-        return _conv_max_relu(blocks, block_weight, block_bias, ph * pw)
+    if activation in _CHAIN_RULE_FROM_OUTPUT:
+        return _conv_act_max(blocks, block_weight, block_bias, ph * pw, activation)
     y = conv(blocks, block_weight, block_bias).reshape(n, hp, wp, ph * pw, out_channels)
-    # MXNet pools the activation's output; where the activation ties distinct inputs (sigmoid
-    # saturates), that decides which position takes the gradient.
     y = _positions_max(ACTIVATIONS[activation](y) if activation else y)
     return y.reshape(n, hp, wp, out_channels)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv_max_relu(blocks, weight, bias, positions):
-    """relu(max over the positions of conv(blocks, weight, bias)): the convolution's
-    (positions * O) filters are (position, filter) pairs; (N, Ho, Wo, O).
+# The activations whose derivative is a function of their output, as the chain rule through
+# each: (output, cotangent) -> the input's cotangent, in the reference's order of operations.
+# The fused layer's backward pass needs only the pooled output then.
+_CHAIN_RULE_FROM_OUTPUT = {
+    "relu": lambda out, ct: jnp.where(out > 0, ct, jnp.zeros((), ct.dtype)),  # relu'(0) = 0
+    "sigmoid": lambda out, ct: ct * (out * (1 - out)),
+}
 
-    Differentiated, only the first position holding each maximum and whether it is positive are
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_act_max(blocks, weight, bias, positions, activation):
+    """max over the positions of act(conv(blocks, weight, bias)), act the activation named
+    ``activation``: the convolution's (positions * O) filters are (position, filter) pairs;
+    (N, Ho, Wo, O).
+
+    Differentiated, only the first position holding each maximum and the pooled output are
     kept, and the weight's gradient comes from them (``kernels.conv_pool_param_grads``): on the
     CPU the convolution's cotangent, zero at all but one position of a window, is never written
     out whole."""
-    return relu(_conv_positions_max(blocks, weight, bias, positions, relu_first=True)[0])
+    if activation == "relu":
+        return relu(_conv_positions_max(blocks, weight, bias, positions, relu_first=True)[0])
+    return _conv_act_max_fwd(blocks, weight, bias, positions, activation)[0]
 
 
-def _conv_max_relu_fwd(blocks, weight, bias, positions):
-    top, first = _conv_positions_max(blocks, weight, bias, positions)
-    # The ReLU after the max: a window whose max is <= 0 passes no gradient (relu'(0) = 0).
-    return relu(top), (blocks, weight, first, top > 0)
+def _conv_act_max_fwd(blocks, weight, bias, positions, activation):
+    if activation == "relu":
+        # ReLU commutes with max, and where it ties distinct inputs (at 0) its derivative is 0:
+        # the max and the first maximum of the convolution's output serve.
+        top, first = _conv_positions_max(blocks, weight, bias, positions)
+        out = relu(top)
+    else:
+        # MXNet pools the activation's output; where the activation ties distinct inputs
+        # (sigmoid saturates), that decides which position takes the gradient.
+        y = conv(blocks, weight, bias)
+        y = ACTIVATIONS[activation](y.reshape(y.shape[:3] + (positions, -1)))
+        top = jnp.max(y, axis=3, keepdims=True)
+        _, first = first_maximum(y, top, (3,))
+        out, first = top[:, :, :, 0], first[:, :, :, 0]
+    return out, (blocks, weight, first, out)
+
+
+def _conv_act_max_bwd(positions, activation, residuals, cotangent):
+    blocks, weight, first, out = residuals
+    dmax = _CHAIN_RULE_FROM_OUTPUT[activation](out, cotangent)
+
+    def conv_cotangent(first, dmax):
+        position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
+        dy = jnp.where(position == first[:, :, :, None], dmax[:, :, :, None],
+                       jnp.zeros((), dmax.dtype))
+        return dy.reshape(dy.shape[:3] + (-1,))
+
+    kernel = weight.shape[2:]
+    dw, db = kernels.conv_pool_param_grads(
+        blocks, first, dmax, weight.shape,
+        lambda blocks, first, dmax: weight_and_bias_grads(
+            blocks, conv_cotangent(first, dmax), kernel, (0, 0)))
+    # Unused when the blocks are the network's input (LeNet's images): XLA drops it then.
+    dblocks = input_grad(conv_cotangent(first, dmax), weight, (0, 0))
+    return dblocks.astype(blocks.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
+
+
+_conv_act_max.defvjp(_conv_act_max_fwd, _conv_act_max_bwd)
 
 
 def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False):
@@ -103,29 +147,6 @@ def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False):
         return top[:, :, :, 0], first[:, :, :, 0]
 
     return kernels.conv_max_forward(blocks, weight, bias, positions, by_xla)
-
-
-def _conv_max_relu_bwd(positions, residuals, cotangent):
-    blocks, weight, first, positive = residuals
-    dmax = jnp.where(positive, cotangent, jnp.zeros((), cotangent.dtype))
-
-    def conv_cotangent(first, dmax):
-        position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
-        dy = jnp.where(position == first[:, :, :, None], dmax[:, :, :, None],
-                       jnp.zeros((), dmax.dtype))
-        return dy.reshape(dy.shape[:3] + (-1,))
-
-    kernel = weight.shape[2:]
-    dw, db = kernels.conv_pool_param_grads(
-        blocks, first, dmax, weight.shape,
-        lambda blocks, first, dmax: weight_and_bias_grads(
-            blocks, conv_cotangent(first, dmax), kernel, (0, 0)))
-    # Unused when the blocks are the network's input (LeNet's images): XLA drops it then.
-    dblocks = input_grad(conv_cotangent(first, dmax), weight, (0, 0))
-    return dblocks.astype(blocks.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
-
-
-_conv_max_relu.defvjp(_conv_max_relu_fwd, _conv_max_relu_bwd)
 
 
 def _positions_max(y):
