@@ -82,6 +82,12 @@ inline Vec MulAdd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 #endif
 constexpr bool kWide = kLanes == 16;
 
+// The vectors that hold `len` floats, and the mask of the last one's lanes.
+inline int VectorsFor(int64_t len) { return static_cast<int>((len + kLanes - 1) / kLanes); }
+inline Mask LastLanes(int64_t len) {
+  return FirstLanes(static_cast<int>(len - kLanes * (VectorsFor(len) - 1)));
+}
+
 // dy channels by vectors of a kernel row per register tile: 5 x 4 accumulators + 4 loads, or
 // 3 x 3 + 3 with AVX2.
 constexpr int kFilterBlock = kWide ? 5 : 3;
@@ -106,7 +112,7 @@ struct Shape {
 template <int OB, int NV>
 void Tile(const Shape& s, const float* x, const float* dy, float* acc, int64_t h0, int64_t h1,
           int64_t o0, int64_t i, int64_t s0, int64_t len) {
-  const Mask last = FirstLanes(static_cast<int>(len - kLanes * (NV - 1)));
+  const Mask last = LastLanes(len);
   Vec a[OB][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < OB; ++r)
@@ -175,8 +181,7 @@ void WeightGradImage(const Shape& s, const float* x, const float* dy, float* acc
         const int64_t len = std::min<int64_t>(kChunk, s.row() - s0);
         for (int64_t o0 = 0; o0 < s.o; o0 += kFilterBlock) {
           const int ob = static_cast<int>(std::min<int64_t>(kFilterBlock, s.o - o0));
-          TileFor(ob, static_cast<int>((len + kLanes - 1) / kLanes))(s, x, dy, acc, h0, h1, o0, i,
-                                                                      s0, len);
+          TileFor(ob, VectorsFor(len))(s, x, dy, acc, h0, h1, o0, i, s0, len);
         }
       }
   }
@@ -294,8 +299,8 @@ void TapWeightGradImage(const Shape& s, const float* x, const float* dy, float* 
   const int64_t taps = static_cast<int64_t>(tap.size());
   for (int64_t o0 = 0; o0 < s.o; o0 += kFilterChunk) {
     const int len = static_cast<int>(std::min<int64_t>(kFilterChunk, s.o - o0));
-    const int nv = (len + kLanes - 1) / kLanes;
-    const Mask last = FirstLanes(len - kLanes * (nv - 1));
+    const int nv = VectorsFor(len);
+    const Mask last = LastLanes(len);
     for (int64_t t0 = 0; t0 < taps; t0 += kTapBlock) {
       const int tb = static_cast<int>(std::min<int64_t>(kTapBlock, taps - t0));
       TapTileFor(tb, nv)(s, x, dy, acc, tap.data(), t0, o0, last);
@@ -484,8 +489,8 @@ struct ForwardBlocking {
 
 ForwardBlocking ForwardBlockingFor(int64_t filters) {
   if (kWide) return {5, 4};
-  const int64_t vectors = (filters + kLanes - 1) / kLanes;
-  return vectors == 3 ? ForwardBlocking{3, 4} : ForwardBlocking{vectors < 3 ? static_cast<int>(vectors) : 2, 6};
+  const int vectors = VectorsFor(filters);
+  return vectors == 3 ? ForwardBlocking{3, 4} : ForwardBlocking{std::min(vectors, 2), 6};
 }
 
 // Output row h of image x (H, W, C) into row (Wo, O).
@@ -495,8 +500,8 @@ void ForwardRow(const Shape& s, const float* x, const float* wt, const float* b,
   const int64_t chunk = kLanes * blocking.vectors;
   for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
     const int len = static_cast<int>(std::min<int64_t>(chunk, s.o - o0));
-    const int nv = (len + kLanes - 1) / kLanes;
-    const Mask last = FirstLanes(len - kLanes * (nv - 1));
+    const int nv = VectorsFor(len);
+    const Mask last = LastLanes(len);
     const ForwardTileFn block = ForwardTileFor(blocking.positions, nv),
                         single = ForwardTileFor(1, nv);
     int64_t w = 0;
