@@ -15,7 +15,6 @@ from jax import lax
 
 from jaxlenet import fast, layers
 from jaxlenet.fast import kernels
-from jaxlenet.fast.conv2d import FEW_CHANNELS
 
 
 def _can_run_kernels():
@@ -78,16 +77,15 @@ def test_parameter_gradient_kernel_equals_float64_autodiff(n, size, channels, fi
 
 @needs_kernels
 @pytest.mark.parametrize("n,size,channels,filters,kernel,pad", SHAPES)
-def test_few_channel_forward_kernel_equals_float64_convolution(n, size, channels, filters, kernel,
-                                                               pad):
+def test_forward_kernel_equals_float64_convolution(n, size, channels, filters, kernel, pad):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((n,) + size + (channels,)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((filters, channels) + kernel), jnp.float32)
     b = jnp.asarray(rng.standard_normal(filters), jnp.float32)
     forward = jax.jit(lambda x, w, b: fast.conv(x, w, b, padding=pad))
-    uses_kernel = "jaxlenet_conv_forward" in forward.lower(x, w, b).as_text()
-    # Few-channel convolutions take it (the row matmul is for where the kernels cannot run).
-    assert uses_kernel == (channels <= FEW_CHANNELS)
+    # Every stride-1 convolution takes it (the row matmul and XLA's convolution are for where
+    # the kernels cannot run).
+    assert "jaxlenet_conv_forward" in forward.lower(x, w, b).as_text()
     want = _exact_conv(x, w, b, pad)
     np.testing.assert_allclose(forward(x, w, b), want, rtol=0,
                                atol=2e-6 * float(jnp.max(jnp.abs(want))))

@@ -17,7 +17,8 @@ from jaxlenet.fast import kernels
 from jaxlenet.layers import conv as reference_conv
 
 # Convolutions with at most this many input channels (a network's first layer) take the
-# few-channel forms: the row matmul, the forward kernel, plane-major weight-gradient patches.
+# few-channel forms where the kernels cannot run: the row matmul, plane-major weight-gradient
+# patches.
 FEW_CHANNELS = 8
 # XLA:CPU gives YNNPACK, its fast convolution library, only convolutions with more than 16 input
 # or output channels: fewer filters are zero-padded up to this many.
@@ -110,8 +111,6 @@ def _conv_nhwc(x, weight, bias, padding):
     def with_xla(x, weight, bias):
         return _conv_xla(x, weight, bias, (1, 1), padding, (1, 1), 1)
 
-    if x.shape[-1] > FEW_CHANNELS:
-        return with_xla(x, weight, bias)
     xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
     return kernels.conv_forward(xp, weight, bias,
                                 lambda xp, weight, bias: with_xla(x, weight, bias),

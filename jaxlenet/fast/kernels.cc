@@ -13,12 +13,13 @@
 // never built: kernel row i of an output position reads KW*C contiguous floats of x, which go
 // straight into AVX-512 registers, multiplied by a few of dy's channels at a time.
 //
-// JaxlenetConvForward: a stride-1 convolution with few input channels,
+// JaxlenetConvForward: a stride-1 convolution,
 //   y[n, h, w, o] = b[o] + sum over i, j, c of x[n, h + i, w + j, c] * wt[i, j, c, o],
-// for x (N, H, W, C), wt (KH, KW, C, O), b (O), y (N, H-KH+1, W-KW+1, O). Register tiles of 4
-// output positions by up to 80 filters; each input value is broadcast once per tile. LeNet's first
-// layer (as 2x2 blocks: 4 channels, 80 filters) runs at ~170 GFLOP/s here, where XLA's
-// convolution reaches ~80.
+// for x (N, H, W, C), wt (KH, KW, C, O), b (O), y (N, H-KH+1, W-KW+1, O). Register tiles of a
+// few output positions by a chunk of filters, whose weights are repacked once per call; each
+// input value is broadcast once per tile. On 2 Zen 3 cores, LeNet's first layer (as 2x2 blocks:
+// 4 channels, 80 filters) runs at ~170 GFLOP/s where XLA's convolution reaches ~80, and the
+// second (20 channels, 50 filters) at ~150 where YNNPACK's reaches ~130.
 //
 // JaxlenetConvMaxForward: JaxlenetConvForward for jaxlenet's convolution fused with a max pool,
 // and the max over each window's positions, with the first position that holds it.
@@ -89,11 +90,11 @@ inline Mask LastLanes(int64_t len) {
 }
 
 // dy channels by vectors of a kernel row per register tile: 5 x 4 accumulators + 4 loads, or
-// 3 x 3 + 3 with AVX2.
-constexpr int kFilterBlock = kWide ? 5 : 3;
-constexpr int kChunk = kLanes * (kWide ? 4 : 3);  // floats of a kernel row per register tile
-// Filters per register tile where registers hold filters: 5 vectors, or 3 with AVX2.
-constexpr int kFilterChunk = kLanes * (kWide ? 5 : 3);
+// 5 x 2 + 2 with AVX2.
+constexpr int kFilterBlock = 5;
+constexpr int kChunk = kLanes * (kWide ? 4 : 2);  // floats of a kernel row per register tile
+// Filters per register tile where registers hold filters: 5 vectors, or 2 with AVX2.
+constexpr int kFilterChunk = kLanes * (kWide ? 5 : 2);
 
 struct Shape {
   int64_t n, h, w, c, o, kh, kw;
@@ -105,34 +106,45 @@ struct Shape {
   int64_t row() const { return kw * c; }  // floats of x under one kernel row
 };
 
-// Adds to acc (O, KH, KW*C) the contribution of output rows [h0, h1) of one image, for filters
-// [o0, o0 + OB), kernel row i and floats [s0, s0 + len) of that kernel row (len <= kLanes * NV).
+// Where each output position (h, w) of an image, in order, starts reading x: (h * W + w) * C.
+// The weight-gradient tiles run over an image's positions in one loop: a loop per row of 10
+// positions (LeNet's second layer) cost ~15% more.
+std::vector<int64_t> PositionOffsets(const Shape& s) {
+  std::vector<int64_t> offsets;
+  offsets.reserve(s.ho() * s.wo());
+  for (int64_t h = 0; h < s.ho(); ++h)
+    for (int64_t w = 0; w < s.wo(); ++w) offsets.push_back((h * s.w + w) * s.c);
+  return offsets;
+}
+
+// Adds to acc (O, KH, KW*C) the contribution of output positions [p0, p1) of one image (their
+// offsets into x in `offsets`), for filters [o0, o0 + OB), kernel row i and floats [s0, s0 +
+// len) of that kernel row (len <= kLanes * NV; MASKED where len < kLanes * NV: masked loads,
+// slow on Zen 3, only where they are needed).
 // The loops over r and v are unrolled by force: left to itself, GCC 12 keeps the accumulators in
 // memory and stores all 20 of them at every output position (2.7x slower).
-template <int OB, int NV>
-void Tile(const Shape& s, const float* x, const float* dy, float* acc, int64_t h0, int64_t h1,
-          int64_t o0, int64_t i, int64_t s0, int64_t len) {
+template <int OB, int NV, bool MASKED>
+void Tile(const Shape& s, const float* x, const float* dy, float* acc, const int64_t* offsets,
+          int64_t p0, int64_t p1, int64_t o0, int64_t i, int64_t s0, int64_t len) {
   const Mask last = LastLanes(len);
   Vec a[OB][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < OB; ++r)
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) a[r][v] = Zero();
-  const int64_t wo = s.wo(), c = s.c, o = s.o;
-  const float* xp = x + (h0 + i) * s.w * c + s0;
-  const float* dp = dy + h0 * wo * o + o0;
-  for (int64_t h = h0; h < h1; ++h, xp += (s.w - wo) * c) {
-    for (int64_t w = 0; w < wo; ++w, xp += c, dp += o) {
-      Vec xv[NV];
+  const float* xi = x + i * s.w * s.c + s0;
+  const float* dp = dy + p0 * s.o + o0;
+  for (int64_t p = p0; p < p1; ++p, dp += s.o) {
+    const float* xp = xi + offsets[p];
+    Vec xv[NV];
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v)
-        xv[v] = v < NV - 1 ? Load(xp + kLanes * v) : LoadFirst(last, xp + kLanes * v);
+    for (int v = 0; v < NV; ++v)
+      xv[v] = (v < NV - 1 || !MASKED) ? Load(xp + kLanes * v) : LoadFirst(last, xp + kLanes * v);
 #pragma GCC unroll 16
-      for (int r = 0; r < OB; ++r) {
-        const Vec d = Broadcast(dp[r]);
+    for (int r = 0; r < OB; ++r) {
+      const Vec d = Broadcast(dp[r]);
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) a[r][v] = MulAdd(d, xv[v], a[r][v]);
-      }
+      for (int v = 0; v < NV; ++v) a[r][v] = MulAdd(d, xv[v], a[r][v]);
     }
   }
   float* out = acc + (o0 * s.kh + i) * s.row() + s0;
@@ -142,46 +154,61 @@ void Tile(const Shape& s, const float* x, const float* dy, float* acc, int64_t h
     for (int v = 0; v < NV - 1; ++v)
       Store(out + kLanes * v, Add(Load(out + kLanes * v), a[r][v]));
     float* tail_out = out + kLanes * (NV - 1);
-    StoreFirst(last, tail_out, Add(LoadFirst(last, tail_out), a[r][NV - 1]));
+    if (MASKED) {
+      StoreFirst(last, tail_out, Add(LoadFirst(last, tail_out), a[r][NV - 1]));
+    } else {
+      Store(tail_out, Add(Load(tail_out), a[r][NV - 1]));
+    }
   }
 }
 
-using TileFn = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t,
-                        int64_t, int64_t, int64_t, int64_t);
+using TileFn = void (*)(const Shape&, const float*, const float*, float*, const int64_t*, int64_t,
+                        int64_t, int64_t, int64_t, int64_t, int64_t);
+
+template <int OB, int NV>
+TileFn TileFor(bool masked) {
+  if constexpr (NV * kLanes <= kChunk) {
+    return masked ? Tile<OB, NV, true> : Tile<OB, NV, false>;
+  } else {
+    return nullptr;
+  }
+}
 
 template <int OB>
-TileFn TileFor(int nv) {
+TileFn TileFor(int nv, bool masked) {
   switch (nv) {
-    case 1: return Tile<OB, 1>;
-    case 2: return Tile<OB, 2>;
-    case 3: return Tile<OB, 3>;
-    default: return Tile<OB, 4>;
+    case 1: return TileFor<OB, 1>(masked);
+    case 2: return TileFor<OB, 2>(masked);
+    case 3: return TileFor<OB, 3>(masked);
+    default: return TileFor<OB, 4>(masked);
   }
 }
 
-TileFn TileFor(int ob, int nv) {
+TileFn TileFor(int ob, int nv, bool masked) {
   switch (ob) {
-    case 1: return TileFor<1>(nv);
-    case 2: return TileFor<2>(nv);
-    case 3: return TileFor<3>(nv);
-    case 4: return TileFor<4>(nv);
-    default: return TileFor<5>(nv);
+    case 1: return TileFor<1>(nv, masked);
+    case 2: return TileFor<2>(nv, masked);
+    case 3: return TileFor<3>(nv, masked);
+    case 4: return TileFor<4>(nv, masked);
+    default: return TileFor<5>(nv, masked);
   }
 }
 
 // One image x (H, W, C), dy (Ho, Wo, O) into acc, a few output rows at a time so that their x
 // and dy stay in cache while every register tile passes over them.
-void WeightGradImage(const Shape& s, const float* x, const float* dy, float* acc) {
+void WeightGradImage(const Shape& s, const float* x, const float* dy, float* acc,
+                     const std::vector<int64_t>& offsets) {
   const int64_t row_bytes = (s.wo() * s.o + s.w * s.c) * 4;
   const int64_t rows = std::max<int64_t>(1, (48 << 10) / row_bytes);
   for (int64_t h0 = 0; h0 < s.ho(); h0 += rows) {
-    const int64_t h1 = std::min(s.ho(), h0 + rows);
+    const int64_t p0 = h0 * s.wo(), p1 = std::min(s.ho(), h0 + rows) * s.wo();
     for (int64_t i = 0; i < s.kh; ++i)
       for (int64_t s0 = 0; s0 < s.row(); s0 += kChunk) {
         const int64_t len = std::min<int64_t>(kChunk, s.row() - s0);
         for (int64_t o0 = 0; o0 < s.o; o0 += kFilterBlock) {
           const int ob = static_cast<int>(std::min<int64_t>(kFilterBlock, s.o - o0));
-          TileFor(ob, VectorsFor(len))(s, x, dy, acc, h0, h1, o0, i, s0, len);
+          TileFor(ob, VectorsFor(len), len % kLanes != 0)(s, x, dy, acc, offsets.data(), p0, p1,
+                                                          o0, i, s0, len);
         }
       }
   }
@@ -223,29 +250,32 @@ constexpr int64_t kImageChunks = 16;
 // Few channels (a network's first layer): kernel rows too short to fill registers, so the
 // registers hold kLanes filters each instead, for TB kernel taps (i, j, c) at a time, and every
 // value of x is broadcast once per tile. Adds image x's contribution to acc (KH*KW*C, O),
-// tap-major, for taps [t0, t0 + TB) at offsets `tap` into x and filters [o0, o0 + kLanes * NV).
-template <int TB, int NV>
+// tap-major, for taps [t0, t0 + TB) at offsets `tap` into x from each output position's offset
+// (`offsets`), and filters [o0, o0 + kLanes * NV) (the last vector MASKED to `last` where the
+// chunk is not whole).
+template <int TB, int NV, bool MASKED>
 void TapTile(const Shape& s, const float* x, const float* dy, float* acc, const int64_t* tap,
-             int64_t t0, int64_t o0, Mask last) {
+             const int64_t* offsets, int64_t t0, int64_t o0, Mask last) {
   Vec a[TB][NV];
 #pragma GCC unroll 16
   for (int t = 0; t < TB; ++t)
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) a[t][v] = Zero();
+  int64_t taps[TB];
+#pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t) taps[t] = tap[t0 + t];
   const float* dp = dy + o0;
-  for (int64_t h = 0; h < s.ho(); ++h) {
-    const float* xp = x + h * s.w * s.c;
-    for (int64_t w = 0; w < s.wo(); ++w, xp += s.c, dp += s.o) {
-      Vec dv[NV];
+  for (int64_t p = 0; p < s.ho() * s.wo(); ++p, dp += s.o) {
+    const float* xp = x + offsets[p];
+    Vec dv[NV];
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v)
-        dv[v] = v < NV - 1 ? Load(dp + kLanes * v) : LoadFirst(last, dp + kLanes * v);
+    for (int v = 0; v < NV; ++v)
+      dv[v] = (v < NV - 1 || !MASKED) ? Load(dp + kLanes * v) : LoadFirst(last, dp + kLanes * v);
 #pragma GCC unroll 16
-      for (int t = 0; t < TB; ++t) {
-        const Vec xb = Broadcast(xp[tap[t0 + t]]);
+    for (int t = 0; t < TB; ++t) {
+      const Vec xb = Broadcast(xp[taps[t]]);
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) a[t][v] = MulAdd(xb, dv[v], a[t][v]);
-      }
+      for (int v = 0; v < NV; ++v) a[t][v] = MulAdd(xb, dv[v], a[t][v]);
     }
   }
   float* out = acc + t0 * s.o + o0;
@@ -254,36 +284,51 @@ void TapTile(const Shape& s, const float* x, const float* dy, float* acc, const 
 #pragma GCC unroll 16
     for (int v = 0; v < NV - 1; ++v) Store(out + kLanes * v, Add(Load(out + kLanes * v), a[t][v]));
     float* tail_out = out + kLanes * (NV - 1);
-    StoreFirst(last, tail_out, Add(LoadFirst(last, tail_out), a[t][NV - 1]));
+    if (MASKED) {
+      StoreFirst(last, tail_out, Add(LoadFirst(last, tail_out), a[t][NV - 1]));
+    } else {
+      Store(tail_out, Add(Load(tail_out), a[t][NV - 1]));
+    }
   }
 }
+
+// Kernel taps per register tile: 4 x 5 accumulators + 5 loads, or 6 x 2 + 2 with AVX2.
+constexpr int kTapBlock = kWide ? 4 : 6;
+constexpr int kShortRow = 32;  // kernel rows of fewer floats take the tap tiles
 
 using TapTileFn = void (*)(const Shape&, const float*, const float*, float*, const int64_t*,
-                           int64_t, int64_t, Mask);
+                           const int64_t*, int64_t, int64_t, Mask);
+
+template <int TB, int NV>
+TapTileFn TapTileFor(bool masked) {
+  if constexpr (TB <= kTapBlock && NV * kLanes <= kFilterChunk) {
+    return masked ? TapTile<TB, NV, true> : TapTile<TB, NV, false>;
+  } else {
+    return nullptr;
+  }
+}
 
 template <int TB>
-TapTileFn TapTileFor(int nv) {
+TapTileFn TapTileFor(int nv, bool masked) {
   switch (nv) {
-    case 1: return TapTile<TB, 1>;
-    case 2: return TapTile<TB, 2>;
-    case 3: return TapTile<TB, 3>;
-    case 4: return TapTile<TB, 4>;
-    default: return TapTile<TB, 5>;
+    case 1: return TapTileFor<TB, 1>(masked);
+    case 2: return TapTileFor<TB, 2>(masked);
+    case 3: return TapTileFor<TB, 3>(masked);
+    case 4: return TapTileFor<TB, 4>(masked);
+    default: return TapTileFor<TB, 5>(masked);
   }
 }
 
-TapTileFn TapTileFor(int tb, int nv) {
+TapTileFn TapTileFor(int tb, int nv, bool masked) {
   switch (tb) {
-    case 1: return TapTileFor<1>(nv);
-    case 2: return TapTileFor<2>(nv);
-    case 3: return TapTileFor<3>(nv);
-    default: return TapTileFor<4>(nv);
+    case 1: return TapTileFor<1>(nv, masked);
+    case 2: return TapTileFor<2>(nv, masked);
+    case 3: return TapTileFor<3>(nv, masked);
+    case 4: return TapTileFor<4>(nv, masked);
+    case 5: return TapTileFor<5>(nv, masked);
+    default: return TapTileFor<6>(nv, masked);
   }
 }
-
-// Kernel taps per register tile: 4 x 5 accumulators + 5 loads, or 3 x 3 + 3 with AVX2.
-constexpr int kTapBlock = kWide ? 4 : 3;
-constexpr int kShortRow = 32;  // kernel rows of fewer floats take the tap tiles
 
 // The offset in an image of x of each kernel tap (i, j, c), from the output position's.
 std::vector<int64_t> TapOffsets(const Shape& s) {
@@ -295,7 +340,7 @@ std::vector<int64_t> TapOffsets(const Shape& s) {
 
 // One image x (H, W, C), dy (Ho, Wo, O) into acc (KH*KW*C, O) by tap tiles.
 void TapWeightGradImage(const Shape& s, const float* x, const float* dy, float* acc,
-                        const std::vector<int64_t>& tap) {
+                        const std::vector<int64_t>& tap, const std::vector<int64_t>& offsets) {
   const int64_t taps = static_cast<int64_t>(tap.size());
   for (int64_t o0 = 0; o0 < s.o; o0 += kFilterChunk) {
     const int len = static_cast<int>(std::min<int64_t>(kFilterChunk, s.o - o0));
@@ -303,7 +348,8 @@ void TapWeightGradImage(const Shape& s, const float* x, const float* dy, float* 
     const Mask last = LastLanes(len);
     for (int64_t t0 = 0; t0 < taps; t0 += kTapBlock) {
       const int tb = static_cast<int>(std::min<int64_t>(kTapBlock, taps - t0));
-      TapTileFor(tb, nv)(s, x, dy, acc, tap.data(), t0, o0, last);
+      TapTileFor(tb, nv, len % kLanes != 0)(s, x, dy, acc, tap.data(), offsets.data(), t0, o0,
+                                            last);
     }
   }
 }
@@ -316,7 +362,8 @@ void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x,
                 const DyOfImage& dy_of_image, float* w_out, float* b_out) {
   const int64_t size = s.o * s.kh * s.row();
   const bool by_taps = s.row() < kShortRow;
-  const std::vector<int64_t> tap = by_taps ? TapOffsets(s) : std::vector<int64_t>();
+  const std::vector<int64_t> tap = by_taps ? TapOffsets(s) : std::vector<int64_t>(),
+                             offsets = PositionOffsets(s);
   // Per chunk: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
   // bias gradient (O).
   std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
@@ -328,9 +375,9 @@ void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x,
       const float* xn = x + n * s.h * s.w * s.c;
       const float* dyn = dy_of_image(n, scratch);
       if (by_taps) {
-        TapWeightGradImage(s, xn, dyn, sum, tap);
+        TapWeightGradImage(s, xn, dyn, sum, tap, offsets);
       } else {
-        WeightGradImage(s, xn, dyn, sum);
+        WeightGradImage(s, xn, dyn, sum, offsets);
       }
       // The bias gradient image by image: short float32 sums, added up, lose less than one
       // long one.
@@ -417,15 +464,63 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
-// Output positions [w, w + PB) of row h of one image into that row's output `row` (Wo, O),
-// filters [o0, o0 + kLanes * NV) (the last register masked to `last`), bias included.
+// The filters of a forward convolution in chunks of a few vectors, each chunk repacked so that a
+// tile's loads are whole, aligned vectors: for every kernel tap (i, j, c) in order, the chunk's
+// filters' weights, zero past the last filter, then their biases likewise. Masked loads inside
+// the tap loop made LeNet's first layer 1.3x slower on Zen 3, and rows of O floats put half the
+// loads across two cache lines.
+struct FilterChunk {
+  int64_t o0;       // the first filter
+  int64_t len;      // filters in the chunk, at most kLanes * vectors
+  int vectors;
+  Mask last;        // the last vector's filters
+  const float* wb;  // taps * vectors weight vectors, then `vectors` bias vectors
+};
+
+// Floats of vectors per chunk: 5 with AVX-512; with AVX2, 3 where the filters fit in 3 (the
+// input gradient's 20 channels), else 2.
+int ChunkVectors(int64_t filters) {
+  if (kWide) return 5;
+  return VectorsFor(filters) == 3 ? 3 : 2;
+}
+
+class PackedFilters {
+ public:
+  // wt (KH, KW, C, O) and b (O) of shape s.
+  PackedFilters(const Shape& s, const float* wt, const float* b) {
+    const int64_t taps = s.kh * s.row(), chunk = kLanes * ChunkVectors(s.o);
+    int64_t size = 0;
+    for (int64_t o0 = 0; o0 < s.o; o0 += chunk)
+      size += (taps + 1) * VectorsFor(std::min(chunk, s.o - o0));
+    data_.assign((size + 1) * kLanes, 0.0f);
+    // Aligned to a vector: the vector's worth of floats spare at the end leaves room.
+    const auto start = reinterpret_cast<std::uintptr_t>(data_.data());
+    float* out = data_.data() + (-start / sizeof(float)) % kLanes;
+    for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
+      const int64_t len = std::min(chunk, s.o - o0);
+      const int vectors = VectorsFor(len);
+      chunks_.push_back({o0, len, vectors, LastLanes(len), out});
+      for (int64_t t = 0; t <= taps; ++t, out += kLanes * vectors)
+        for (int64_t k = 0; k < len; ++k) out[k] = t < taps ? wt[t * s.o + o0 + k] : b[o0 + k];
+    }
+  }
+  const std::vector<FilterChunk>& chunks() const { return chunks_; }
+
+ private:
+  std::vector<float> data_;
+  std::vector<FilterChunk> chunks_;
+};
+
+// Output positions [w, w + PB) of row h of one image into that row's output `row` (Wo, O), for
+// the filters of chunk f (NV vectors), bias included.
 template <int PB, int NV>
-void ForwardTile(const Shape& s, const float* x, const float* wt, const float* b, float* row,
-                 int64_t h, int64_t w, int64_t o0, Mask last) {
+void ForwardTile(const Shape& s, const float* x, const FilterChunk& f, float* row, int64_t h,
+                 int64_t w) {
+  const int64_t taps = s.kh * s.row();
   Vec a[PB][NV];
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
-    const Vec bias = v < NV - 1 ? Load(b + o0 + kLanes * v) : LoadFirst(last, b + o0 + kLanes * v);
+    const Vec bias = Load(f.wb + kLanes * (taps * NV + v));
 #pragma GCC unroll 16
     for (int p = 0; p < PB; ++p) a[p][v] = bias;
   }
@@ -435,12 +530,11 @@ void ForwardTile(const Shape& s, const float* x, const float* wt, const float* b
                 j1 = std::min(s.kw, s.w - s.zero_right - w);
   for (int64_t i = i0; i < i1; ++i) {
     const float* xr = x + ((h + i) * s.w + w) * s.c;
-    const float* wr = wt + (i * s.row() + j0 * s.c) * s.o + o0;
-    for (int64_t jc = j0 * s.c; jc < j1 * s.c; ++jc, wr += s.o) {  // (j, c): contiguous in x
+    const float* wr = f.wb + (i * s.row() + j0 * s.c) * kLanes * NV;
+    for (int64_t jc = j0 * s.c; jc < j1 * s.c; ++jc, wr += kLanes * NV) {  // (j, c): contiguous
       Vec wv[NV];
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v)
-        wv[v] = v < NV - 1 ? Load(wr + kLanes * v) : LoadFirst(last, wr + kLanes * v);
+      for (int v = 0; v < NV; ++v) wv[v] = Load(wr + kLanes * v);
 #pragma GCC unroll 16
       for (int p = 0; p < PB; ++p) {
         const Vec xb = Broadcast(xr[p * s.c + jc]);
@@ -449,74 +543,86 @@ void ForwardTile(const Shape& s, const float* x, const float* wt, const float* b
       }
     }
   }
-  float* out = row + w * s.o + o0;
+  float* out = row + w * s.o + f.o0;
+  const bool whole = f.len == kLanes * NV;
 #pragma GCC unroll 16
   for (int p = 0; p < PB; ++p, out += s.o) {
 #pragma GCC unroll 16
     for (int v = 0; v < NV - 1; ++v) Store(out + kLanes * v, a[p][v]);
-    StoreFirst(last, out + kLanes * (NV - 1), a[p][NV - 1]);
+    if (whole) {
+      Store(out + kLanes * (NV - 1), a[p][NV - 1]);
+    } else {
+      StoreFirst(f.last, out + kLanes * (NV - 1), a[p][NV - 1]);
+    }
   }
 }
 
-using ForwardTileFn = void (*)(const Shape&, const float*, const float*, const float*, float*,
-                               int64_t, int64_t, int64_t, Mask);
+using ForwardTileFn = void (*)(const Shape&, const float*, const FilterChunk&, float*, int64_t,
+                               int64_t);
 
-template <int PB>
-ForwardTileFn ForwardTileFor(int nv) {
-  switch (nv) {
-    case 1: return ForwardTile<PB, 1>;
-    case 2: return ForwardTile<PB, 2>;
-    case 3: return ForwardTile<PB, 3>;
-    case 4: return ForwardTile<PB, 4>;
-    default: return ForwardTile<PB, 5>;
+// Accumulator registers per forward tile (positions x vectors): 24 of AVX-512's 32, 12 of
+// AVX2's 16; the rest hold a tap's weight vectors and the broadcast input.
+constexpr int kAccumulators = kWide ? 24 : 12;
+constexpr int kTilePositions[] = {12, 8, 6, 4, 3, 2, 1};
+
+template <int NV, int PB>
+ForwardTileFn ForwardTileIfFits() {
+  if constexpr (PB * NV <= kAccumulators) {
+    return ForwardTile<PB, NV>;
+  } else {
+    return nullptr;
+  }
+}
+
+template <int NV>
+ForwardTileFn ForwardTileFor(int pb) {
+  switch (pb) {
+    case 12: return ForwardTileIfFits<NV, 12>();
+    case 8: return ForwardTileIfFits<NV, 8>();
+    case 6: return ForwardTileIfFits<NV, 6>();
+    case 4: return ForwardTileIfFits<NV, 4>();
+    case 3: return ForwardTileIfFits<NV, 3>();
+    case 2: return ForwardTileIfFits<NV, 2>();
+    default: return ForwardTileIfFits<NV, 1>();
   }
 }
 
 ForwardTileFn ForwardTileFor(int pb, int nv) {
-  switch (pb) {
-    case 1: return ForwardTileFor<1>(nv);
-    case 4: return ForwardTileFor<4>(nv);
-    default: return ForwardTileFor<6>(nv);
+  switch (nv) {
+    case 1: return ForwardTileFor<1>(pb);
+    case 2: return ForwardTileFor<2>(pb);
+    case 3: return ForwardTileFor<3>(pb);
+    case 4: return ForwardTileFor<4>(pb);
+    default: return ForwardTileFor<5>(pb);
   }
 }
 
-// Vectors of filters by output positions per forward tile: 5 x 4 with AVX-512. With AVX2's 16
-// registers, 3 x 4 where the filters fit in 3 vectors, else chunks of 2 x 6 (LeNet's first layer
-// as 2x2 blocks, 80 filters: 2.3 ms against 4.2 in chunks of 3 x 3).
-struct ForwardBlocking {
-  int vectors, positions;
-};
-
-ForwardBlocking ForwardBlockingFor(int64_t filters) {
-  if (kWide) return {5, 4};
-  const int vectors = VectorsFor(filters);
-  return vectors == 3 ? ForwardBlocking{3, 4} : ForwardBlocking{std::min(vectors, 2), 6};
+// The most output positions, at most `left`, whose tile of `vectors` vectors fits in the
+// accumulators.
+int TilePositions(int vectors, int64_t left) {
+  for (const int pb : kTilePositions)
+    if (pb * vectors <= kAccumulators && pb <= left) return pb;
+  return 1;
 }
 
 // Output row h of image x (H, W, C) into row (Wo, O).
-void ForwardRow(const Shape& s, const float* x, const float* wt, const float* b, float* row,
+void ForwardRow(const Shape& s, const float* x, const PackedFilters& filters, float* row,
                 int64_t h) {
-  const ForwardBlocking blocking = ForwardBlockingFor(s.o);
-  const int64_t chunk = kLanes * blocking.vectors;
-  for (int64_t o0 = 0; o0 < s.o; o0 += chunk) {
-    const int len = static_cast<int>(std::min<int64_t>(chunk, s.o - o0));
-    const int nv = VectorsFor(len);
-    const Mask last = LastLanes(len);
-    const ForwardTileFn block = ForwardTileFor(blocking.positions, nv),
-                        single = ForwardTileFor(1, nv);
-    int64_t w = 0;
-    for (; w + blocking.positions <= s.wo(); w += blocking.positions)
-      block(s, x, wt, b, row, h, w, o0, last);
-    for (; w < s.wo(); ++w) single(s, x, wt, b, row, h, w, o0, last);
+  for (const FilterChunk& f : filters.chunks()) {
+    for (int64_t w = 0; w < s.wo();) {
+      const int pb = TilePositions(f.vectors, s.wo() - w);
+      ForwardTileFor(pb, f.vectors)(s, x, f, row, h, w);
+      w += pb;
+    }
   }
 }
 
-void ForwardImages(const Shape& s, const float* x, const float* wt, const float* b, float* y,
+void ForwardImages(const Shape& s, const float* x, const PackedFilters& filters, float* y,
                    int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const float* xn = x + n * s.h * s.w * s.c;
     float* yn = y + n * s.ho() * s.wo() * s.o;
-    for (int64_t h = 0; h < s.ho(); ++h) ForwardRow(s, xn, wt, b, yn + h * s.wo() * s.o, h);
+    for (int64_t h = 0; h < s.ho(); ++h) ForwardRow(s, xn, filters, yn + h * s.wo() * s.o, h);
   }
 }
 
@@ -542,8 +648,9 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   s.zero_bottom = zero_border[1];
   s.zero_left = zero_border[2];
   s.zero_right = zero_border[3];
+  const PackedFilters filters(s, wt.typed_data(), b.typed_data());
   ParallelFor(pool, s.n, std::min(s.n, kImageChunks), [&](int64_t n0, int64_t n1, int64_t) {
-    ForwardImages(s, x.typed_data(), wt.typed_data(), b.typed_data(), y->typed_data(), n0, n1);
+    ForwardImages(s, x.typed_data(), filters, y->typed_data(), n0, n1);
   });
   return ffi::Error::Success();
 }
@@ -576,11 +683,12 @@ ffi::Error ConvMaxForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const float* xp = x.typed_data();
   float* topp = top->typed_data();
   int32_t* firstp = first->typed_data();
+  const PackedFilters packed(s, wt.typed_data(), b.typed_data());
   ParallelFor(pool, s.n, std::min(s.n, kImageChunks), [&](int64_t n0, int64_t n1, int64_t) {
     std::vector<float> row(s.wo() * s.o);
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t h = 0; h < s.ho(); ++h) {
-        ForwardRow(s, xp + n * s.h * s.w * s.c, wt.typed_data(), b.typed_data(), row.data(), h);
+        ForwardRow(s, xp + n * s.h * s.w * s.c, packed, row.data(), h);
         const int64_t out = ((n * s.ho() + h) * s.wo()) * filters;
         // Loops over the filters innermost, contiguous in memory, so that GCC vectorizes them.
         for (int64_t w = 0; w < s.wo(); ++w) {
