@@ -111,10 +111,8 @@ def _conv_nhwc(x, weight, bias, padding):
     def with_xla(x, weight, bias):
         return _conv_xla(x, weight, bias, (1, 1), padding, (1, 1), 1)
 
-    xp = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
-    return kernels.conv_forward(xp, weight, bias,
-                                lambda xp, weight, bias: with_xla(x, weight, bias),
-                                zero_border=(padding[0],) * 2 + (padding[1],) * 2)
+    return kernels.conv_forward(x, weight, bias, with_xla,
+                                padding=(padding[0],) * 2 + (padding[1],) * 2)
 
 
 def _conv_nhwc_fwd(x, weight, bias, padding):
@@ -175,12 +173,13 @@ def input_grad(dy, weight, padding):
     forward kernel, elsewhere by ``_input_grad_by_rows``."""
     kh, kw = weight.shape[2:]
     border = (kh - 1 - padding[0], kw - 1 - padding[1])
-    dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
-                  [(0, 0, 0), (border[0],) * 2 + (0,), (border[1],) * 2 + (0,), (0, 0, 0)])
+    # A negative border crops dy; the kernel pads by the positive ones itself.
+    dy_cropped = lax.pad(dy, jnp.zeros((), dy.dtype),
+                         [(0, 0, 0)] + [(min(b, 0), min(b, 0), 0) for b in border] + [(0, 0, 0)])
     flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (1, 0, 2, 3))  # (C, O, kh, kw)
-    return kernels.conv_forward(dyp, flipped, jnp.zeros((weight.shape[1],), dy.dtype),
+    return kernels.conv_forward(dy_cropped, flipped, jnp.zeros((weight.shape[1],), dy.dtype),
                                 lambda *_: _input_grad_by_rows(dy, weight, padding),
-                                zero_border=(max(border[0], 0),) * 2 + (max(border[1], 0),) * 2)
+                                padding=(max(border[0], 0),) * 2 + (max(border[1], 0),) * 2)
 
 
 def _input_grad_by_rows(dy, weight, padding):

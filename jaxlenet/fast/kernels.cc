@@ -1,21 +1,22 @@
 // jaxlenet's CPU kernels, called from XLA through its FFI (see kernels.py, which compiles this
 // file on first use). x86-64, built for AVX-512F or for AVX2 with FMA (kernels.py picks the one
 // this CPU has; a few lines below map vector operations onto either). cpu_kernels_supported()
-// says whether this CPU runs the instructions the library was built with. All arrays are float32,
-// channels-last, and x is padded already.
+// says whether this CPU runs the instructions the library was built with. All arrays are float32
+// and channels-last.
 //
 // JaxlenetConvParamGrads: the weight and bias gradients of a stride-1 convolution,
 //   dw[o, i, j, c] = sum over n, h, w of dy[n, h, w, o] * x[n, h + i, w + j, c],
 //   db[o] = sum over n, h, w of dy[n, h, w, o],
-// for x (N, H, W, C), dy (N, H-KH+1, W-KW+1, O), dw (O, KH, KW, C), db (O).
+// for x (N, H, W, C) padded already, dy (N, H-KH+1, W-KW+1, O), dw (O, KH, KW, C), db (O).
 // XLA computes it as a matmul over im2col patches that it first writes out (LeNet's second
 // convolution: 18 MB per batch, a third of the step's time spent copying). Here the patches are
 // never built: kernel row i of an output position reads KW*C contiguous floats of x, which go
 // straight into AVX-512 registers, multiplied by a few of dy's channels at a time.
 //
 // JaxlenetConvForward: a stride-1 convolution,
-//   y[n, h, w, o] = b[o] + sum over i, j, c of x[n, h + i, w + j, c] * wt[i, j, c, o],
-// for x (N, H, W, C), wt (KH, KW, C, O), b (O), y (N, H-KH+1, W-KW+1, O). Register tiles of a
+//   y[n, h, w, o] = b[o] + sum over i, j, c of xp[n, h + i, w + j, c] * wt[i, j, c, o],
+// for x (N, H, W, C) zero-padded into xp by the attribute `padding` (rows top, bottom, columns
+// left, right), wt (KH, KW, C, O), b (O), y (N, Hp-KH+1, Wp-KW+1, O). Register tiles of a
 // few output positions by a chunk of filters, whose weights are repacked once per call; each
 // input value is broadcast once per tile. On 2 Zen 3 cores, LeNet's first layer (as 2x2 blocks:
 // 4 channels, 80 filters) runs at ~170 GFLOP/s where XLA's convolution reaches ~80, and the
@@ -98,9 +99,10 @@ constexpr int kFilterChunk = kLanes * (kWide ? 5 : 2);
 
 struct Shape {
   int64_t n, h, w, c, o, kh, kw;
-  // Rows on top and bottom and columns left and right of x known to be zero (padding): the
-  // forward kernel skips the kernel taps that read nothing else.
-  int64_t zero_top = 0, zero_bottom = 0, zero_left = 0, zero_right = 0;
+  // Zero rows on top and bottom and columns left and right of x (padding), counted in h and w:
+  // the forward kernel skips the kernel taps that read nothing else.
+  int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+  bool padded() const { return pad_top || pad_bottom || pad_left || pad_right; }
   int64_t ho() const { return h - kh + 1; }
   int64_t wo() const { return w - kw + 1; }
   int64_t row() const { return kw * c; }  // floats of x under one kernel row
@@ -524,10 +526,10 @@ void ForwardTile(const Shape& s, const float* x, const FilterChunk& f, float* ro
 #pragma GCC unroll 16
     for (int p = 0; p < PB; ++p) a[p][v] = bias;
   }
-  const int64_t i0 = std::max<int64_t>(0, s.zero_top - h),
-                i1 = std::min(s.kh, s.h - s.zero_bottom - h),
-                j0 = std::max<int64_t>(0, s.zero_left - (w + PB - 1)),
-                j1 = std::min(s.kw, s.w - s.zero_right - w);
+  const int64_t i0 = std::max<int64_t>(0, s.pad_top - h),
+                i1 = std::min(s.kh, s.h - s.pad_bottom - h),
+                j0 = std::max<int64_t>(0, s.pad_left - (w + PB - 1)),
+                j1 = std::min(s.kw, s.w - s.pad_right - w);
   for (int64_t i = i0; i < i1; ++i) {
     const float* xr = x + ((h + i) * s.w + w) * s.c;
     const float* wr = f.wb + (i * s.row() + j0 * s.c) * kLanes * NV;
@@ -617,44 +619,60 @@ void ForwardRow(const Shape& s, const float* x, const PackedFilters& filters, fl
   }
 }
 
+// Image n of x (N, H, W, C) as the forward tiles read it (H and W without s's padding): in x
+// where s has no padding, else copied into `padded` (s.h, s.w, C), whose border stays zero.
+// XLA's pad wrote the whole padded batch out instead (10 MB for LeNet's input gradient).
+const float* PaddedImage(const Shape& s, const float* x, int64_t n, std::vector<float>& padded) {
+  if (!s.padded()) return x + n * s.h * s.w * s.c;
+  const int64_t h = s.h - s.pad_top - s.pad_bottom, w = s.w - s.pad_left - s.pad_right,
+                row = w * s.c;
+  if (padded.empty()) padded.assign(s.h * s.w * s.c, 0.0f);
+  const float* image = x + n * h * row;
+  for (int64_t r = 0; r < h; ++r)
+    std::copy(image + r * row, image + (r + 1) * row,
+              padded.data() + ((s.pad_top + r) * s.w + s.pad_left) * s.c);
+  return padded.data();
+}
+
 void ForwardImages(const Shape& s, const float* x, const PackedFilters& filters, float* y,
                    int64_t n0, int64_t n1) {
+  std::vector<float> padded;
   for (int64_t n = n0; n < n1; ++n) {
-    const float* xn = x + n * s.h * s.w * s.c;
+    const float* xn = PaddedImage(s, x, n, padded);
     float* yn = y + n * s.ho() * s.wo() * s.o;
     for (int64_t h = 0; h < s.ho(); ++h) ForwardRow(s, xn, filters, yn + h * s.wo() * s.o, h);
   }
 }
 
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt,
-                       ffi::Buffer<ffi::F32> b, ffi::Span<const int64_t> zero_border,
+                       ffi::Buffer<ffi::F32> b, ffi::Span<const int64_t> padding,
                        ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = wt.dimensions(), bd = b.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || bd.size() != 1 || yd.size() != 4) {
     return ffi::Error::InvalidArgument("conv forward: x, wt and y must be 4-D, b 1-D");
   }
-  Shape s{xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1]};
+  if (padding.size() != 4 || *std::min_element(padding.begin(), padding.end()) < 0) {
+    return ffi::Error::InvalidArgument(
+        "conv forward: padding must be 4 counts >= 0 (rows top, bottom, columns left, right)");
+  }
+  Shape s{xd[0], xd[1] + padding[0] + padding[1], xd[2] + padding[2] + padding[3], xd[3], wd[3],
+          wd[0], wd[1]};
+  s.pad_top = padding[0];
+  s.pad_bottom = padding[1];
+  s.pad_left = padding[2];
+  s.pad_right = padding[3];
   if (wd[2] != s.c || bd[0] != s.o || yd[0] != s.n || yd[1] != s.ho() || yd[2] != s.wo() ||
       yd[3] != s.o || s.ho() < 1 || s.wo() < 1) {
     return ffi::Error::InvalidArgument(
         "conv forward: expected x (N, H, W, C), wt (KH, KW, C, O), b (O) and "
-        "y (N, H-KH+1, W-KW+1, O)");
+        "y (N, H+pads-KH+1, W+pads-KW+1, O)");
   }
-  if (zero_border.size() != 4 || *std::min_element(zero_border.begin(), zero_border.end()) < 0) {
-    return ffi::Error::InvalidArgument(
-        "conv forward: zero_border must be 4 counts >= 0 (rows top, bottom, columns left, right)");
-  }
-  s.zero_top = zero_border[0];
-  s.zero_bottom = zero_border[1];
-  s.zero_left = zero_border[2];
-  s.zero_right = zero_border[3];
   const PackedFilters filters(s, wt.typed_data(), b.typed_data());
   ParallelFor(pool, s.n, std::min(s.n, kImageChunks), [&](int64_t n0, int64_t n1, int64_t) {
     ForwardImages(s, x.typed_data(), filters, y->typed_data(), n0, n1);
   });
   return ffi::Error::Success();
 }
-
 
 // A convolution whose P*O filters are P positions of a max pool's windows times O filters
 // (jaxlenet's convolution fused with its pool), and the max over the positions: for x (N, H, W,
@@ -730,7 +748,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvForward, ConvForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("zero_border")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolParamGrads, ConvPoolParamGrads,

@@ -75,19 +75,22 @@ def conv_pool_param_grads(x, first, dmax, weight_shape, fallback):
     return _on_cpu(on_cpu, fallback, x, first, dmax)
 
 
-def conv_forward(x, weight, bias, fallback, *, zero_border=(0, 0, 0, 0)):
-    """A stride-1 convolution of ``x`` (N, H, W, C), padded already, with ``weight`` (O, C, kh,
-    kw) and ``bias`` (O,): (N, H-kh+1, W-kw+1, O) by the C++ kernel on the CPU,
-    ``fallback(x, weight, bias)`` elsewhere (see ``_on_cpu``). ``zero_border``: how many rows on
-    top and bottom and columns left and right of x are zero padding; the kernel skips the taps
-    that read only those."""
+def conv_forward(x, weight, bias, fallback, *, padding=(0, 0, 0, 0)):
+    """A stride-1 convolution of ``x`` (N, H, W, C), zero-padded by ``padding`` (rows on top and
+    bottom, columns left and right, each >= 0), with ``weight`` (O, C, kh, kw) and ``bias``
+    (O,): (N, H+top+bottom-kh+1, W+left+right-kw+1, O) by the C++ kernel on the CPU, which pads
+    each image in cache and skips the taps that read only padding; ``fallback(x, weight, bias)``
+    elsewhere (see ``_on_cpu``)."""
+    top, bottom, left, right = padding
+
     def on_cpu(x, weight, bias):
         out_channels, _, kh, kw = weight.shape
-        shape = jax.ShapeDtypeStruct((x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1,
-                                      out_channels), jnp.float32)
+        shape = jax.ShapeDtypeStruct((x.shape[0], x.shape[1] + top + bottom - kh + 1,
+                                      x.shape[2] + left + right - kw + 1, out_channels),
+                                     jnp.float32)
         return jax.ffi.ffi_call(_FORWARD, shape, vmap_method="sequential")(
             x, jnp.transpose(weight, (2, 3, 1, 0)), bias,
-            zero_border=np.asarray(zero_border, np.int64))
+            padding=np.asarray(padding, np.int64))
 
     return _on_cpu(on_cpu, fallback, x, weight, bias)
 
