@@ -168,18 +168,14 @@ def input_grad(dy, weight, padding):
     output's cotangent ``dy`` (N, Ho, Wo, O) and ``weight`` (O, C, kh, kw): what autodiff of
     ``layers.conv`` gives.
 
-    That is a convolution of dy, padded by kernel - 1 - padding (negative: cropped), with the
-    flipped kernel, whose filters are the C input channels: on the CPU in float32 by the C++
-    forward kernel, elsewhere by ``_input_grad_by_rows``."""
+    On the CPU in float32 by a C++ kernel; elsewhere as a convolution of dy, padded by kernel - 1
+    - padding, with the flipped kernel (``_input_grad_by_rows``)."""
     kh, kw = weight.shape[2:]
-    border = (kh - 1 - padding[0], kw - 1 - padding[1])
-    # A negative border crops dy; the kernel pads by the positive ones itself.
-    dy_cropped = lax.pad(dy, jnp.zeros((), dy.dtype),
-                         [(0, 0, 0)] + [(min(b, 0), min(b, 0), 0) for b in border] + [(0, 0, 0)])
-    flipped = jnp.transpose(weight[:, :, ::-1, ::-1], (1, 0, 2, 3))  # (C, O, kh, kw)
-    return kernels.conv_forward(dy_cropped, flipped, jnp.zeros((weight.shape[1],), dy.dtype),
-                                lambda *_: _input_grad_by_rows(dy, weight, padding),
-                                padding=(max(border[0], 0),) * 2 + (max(border[1], 0),) * 2)
+    n, ho, wo, _ = dy.shape
+    input_shape = (n, ho + kh - 1 - 2 * padding[0], wo + kw - 1 - 2 * padding[1], weight.shape[1])
+    return kernels.conv_input_grad(dy, weight, lambda dy, weight: _input_grad_by_rows(
+        dy, weight, padding), padding=(padding[0],) * 2 + (padding[1],) * 2,
+        input_shape=input_shape)
 
 
 def _input_grad_by_rows(dy, weight, padding):

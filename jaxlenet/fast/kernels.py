@@ -35,6 +35,7 @@ from jaxlenet._files import atomic_write, remove_partial_writes, user_cache
 _SOURCE = pathlib.Path(__file__).with_name("kernels.cc")
 _PARAM_GRADS = "jaxlenet_conv_param_grads"
 _FORWARD = "jaxlenet_conv_forward"
+_INPUT_GRAD = "jaxlenet_conv_input_grad"
 _POOL_PARAM_GRADS = "jaxlenet_conv_pool_param_grads"
 _MAX_FORWARD = "jaxlenet_conv_max_forward"
 # The instruction sets the kernels are written for, widest first: the CPU flags each needs (as
@@ -95,6 +96,21 @@ def conv_forward(x, weight, bias, fallback, *, padding=(0, 0, 0, 0)):
     return _on_cpu(on_cpu, fallback, x, weight, bias)
 
 
+def conv_input_grad(dy, weight, fallback, *, padding=(0, 0, 0, 0), input_shape):
+    """The gradient with respect to the input (N, H, W, C) = ``input_shape`` of a stride-1
+    convolution of it, zero-padded by ``padding`` (rows on top and bottom, columns left and
+    right, each >= 0), with ``weight`` (O, C, kh, kw), given its output's cotangent ``dy``
+    (N, H+top+bottom-kh+1, W+left+right-kw+1, O): by the C++ kernel on the CPU, which multiplies
+    dy by the weight and adds each product where it falls inside the image (no padded dy, no
+    zeros multiplied); ``fallback(dy, weight)`` elsewhere (see ``_on_cpu``)."""
+    def on_cpu(dy, weight):
+        return jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(input_shape, jnp.float32),
+                                vmap_method="sequential")(
+            dy, jnp.transpose(weight, (0, 2, 3, 1)), padding=np.asarray(padding, np.int64))
+
+    return _on_cpu(on_cpu, fallback, dy, weight)
+
+
 def conv_max_forward(x, weight, bias, positions, fallback):
     """``conv_forward`` for a convolution whose P*O filters are the P = ``positions`` positions
     of a max pool's windows times O filters (``weight`` (P*O, C, kh, kw)), followed by the max
@@ -146,6 +162,7 @@ def available() -> bool:
         return False
     for name, handler in ((_PARAM_GRADS, library.JaxlenetConvParamGrads),
                           (_FORWARD, library.JaxlenetConvForward),
+                          (_INPUT_GRAD, library.JaxlenetConvInputGrad),
                           (_POOL_PARAM_GRADS, library.JaxlenetConvPoolParamGrads),
                           (_MAX_FORWARD, library.JaxlenetConvMaxForward)):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
