@@ -52,9 +52,12 @@ def _model(name: str, architecture: Callable, impl: str, platform: str | None, d
     reference = layers.serial(*reference_layers)
     options = {}
     if impl == "fast":
-        net = fast.layers.serial(*fast.layers.fuse_conv_pool(architecture(fast.layers)))
+        fast_layers = fast.layers.fuse_conv_pool(architecture(fast.layers))
+        net = fast.layers.serial(*fast_layers)
         run = lambda params, images: net.apply(params, jnp.moveaxis(images, 1, -1))
-        options = fast.compiler_options(platform or jax.default_backend())
+        options = fast.compiler_options(
+            platform or jax.default_backend(),
+            xla_convolutions=not fast.layers.convolutions_on_kernels(fast_layers))
     else:
         run = reference.apply
 

@@ -216,8 +216,9 @@ def test_fast_functions_raise_the_references_errors(call, match):
         jax.jit(call)()
 
 
-def test_compiler_options_change_speed_not_gradients():
-    options = fast.compiler_options("cpu")
+@pytest.mark.parametrize("xla_convolutions", [True, False])
+def test_compiler_options_change_speed_not_gradients(xla_convolutions):
+    options = fast.compiler_options("cpu", xla_convolutions=xla_convolutions)
     assert options, "this jaxlib should accept jaxlenet's XLA:CPU options"
     model = models.build("lenet", impl="fast", platform="cpu")
     params = model.init(jax.random.PRNGKey(0))
@@ -228,7 +229,18 @@ def test_compiler_options_change_speed_not_gradients():
     for got, want in zip(jax.tree_util.tree_leaves(tuned),
                          jax.tree_util.tree_leaves(jax.jit(grad)(params))):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-    assert fast.compiler_options("gpu") == {}
+    assert fast.compiler_options("gpu", xla_convolutions=xla_convolutions) == {}
+
+
+def test_models_whose_convolutions_all_run_the_kernels_drop_ynnpacks_reductions():
+    kernels = fast.kernels_available()
+    for name in ("lenet", "lenet5"):
+        assert models.build(name, impl="fast", platform="cpu").compiler_options == (
+            fast.xla_options.KERNELS_CPU_OPTIONS if kernels else fast.xla_options.CPU_OPTIONS)
+    strided = [("conv", fast.layers.Conv(4, 3, stride=2))]
+    assert not fast.layers.convolutions_on_kernels(strided)
+    assert fast.layers.convolutions_on_kernels([("conv", fast.layers.Conv(4, 3))]) == kernels
+    assert models.build("lenet", impl="reference", platform="cpu").compiler_options == {}
 
 
 def test_options_this_jaxlib_refuses_are_dropped():

@@ -12,12 +12,14 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxlenet import initializers, layers
+from jaxlenet.fast import kernels
 from jaxlenet.fast.conv2d import conv
 from jaxlenet.fast.conv_pool import conv_max_pool
 from jaxlenet.fast.pool import max_pool
 from jaxlenet.layers import Activation, serial
 
-__all__ = ["Conv", "Pool", "Dense", "Activation", "Flatten", "fuse_conv_pool", "serial"]
+__all__ = ["Conv", "Pool", "Dense", "Activation", "Flatten", "fuse_conv_pool",
+           "convolutions_on_kernels", "serial"]
 
 _LAYOUT = "NHWC"
 
@@ -127,3 +129,14 @@ def fuse_conv_pool(named_layers):
         else:
             fused.append((name, layer))
     return tuple(fused)
+
+
+def convolutions_on_kernels(named_layers) -> bool:
+    """Whether every convolution of these ``(name, layer)`` pairs runs jaxlenet's C++ kernels on
+    the CPU in float32 (stride 1, no dilation, one group, and the kernels ``available()``), so
+    that XLA runs none."""
+    convs = [layer.conv if isinstance(layer, ConvMaxPool) else layer for _, layer in named_layers
+             if isinstance(layer, (ConvLayer, ConvMaxPool))]
+    return kernels.available() and all(
+        conv.stride in (1, (1, 1)) and conv.dilation in (1, (1, 1)) and conv.groups == 1
+        for conv in convs)

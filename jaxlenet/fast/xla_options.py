@@ -10,17 +10,31 @@ import numpy as np
 # XLA:CPU hands convolutions, dots and reductions to YNNPACK but not elementwise ops, and a
 # convolution YNNPACK runs alone is several times slower than one fused with its bias
 # (docs/performance.md, "YNNPACK's lone convolutions").
-_YNN_TYPES = ",".join("LIBRARY_FUSION_TYPE_" + kind for kind in
-                      ("DOT", "ELTWISE", "REDUCE", "INDIVIDUAL_CONVOLUTION"))
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": _YNN_TYPES}
+_YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 
 
-def compiler_options(platform: str = "cpu") -> dict[str, str]:
+def _ynn_types(*kinds: str) -> str:
+    return ",".join("LIBRARY_FUSION_TYPE_" + kind for kind in kinds)
+
+
+CPU_OPTIONS = {_YNN_FUSION_TYPE: _ynn_types("DOT", "ELTWISE", "REDUCE", "INDIVIDUAL_CONVOLUTION")}
+# Where jaxlenet's C++ kernels run every convolution, YNNPACK's reductions (the max pools' maxima)
+# run slower than XLA's own loops: training steps of LeNet 8.87 -> 8.63 ms at batch 128, 17.29 ->
+# 17.12 at 256, LeNet-5 5.68 -> 5.49 at 128. Where XLA runs the convolutions, they pay (LeNet
+# 27.5 ms with them, 30.1 without), and without the elementwise fusions LeNet-5's sigmoids run
+# slower (6.32 ms).
+KERNELS_CPU_OPTIONS = {_YNN_FUSION_TYPE: _ynn_types("DOT", "ELTWISE", "INDIVIDUAL_CONVOLUTION")}
+
+
+def compiler_options(platform: str = "cpu", *, xla_convolutions: bool = True) -> dict[str, str]:
     """Options for ``jax.jit(..., compiler_options=...)`` of a program that runs jaxlenet's fast
     implementation on ``platform``: empty except on the CPU, and empty there too if this jaxlib
-    does not know them. Code that jits ``jaxlenet.fast`` layers itself gets the same speed with
-    ``jax.jit(f, compiler_options=fast.compiler_options())``."""
-    return accepted(CPU_OPTIONS) if platform == "cpu" else {}
+    does not know them. ``xla_convolutions=False`` says that the program leaves no convolution
+    to XLA (``fast.layers.convolutions_on_kernels``). Code that jits ``jaxlenet.fast`` layers
+    itself gets the same speed with ``jax.jit(f, compiler_options=fast.compiler_options())``."""
+    if platform != "cpu":
+        return {}
+    return accepted(CPU_OPTIONS if xla_convolutions else KERNELS_CPU_OPTIONS)
 
 
 def accepted(options: dict[str, str]) -> dict[str, str]:
