@@ -33,8 +33,8 @@ from jaxlenet.losses import softmax_cross_entropy
 class Config:
     """One training run; the command line is built from it and every checkpoint records it."""
     model: str = "lenet"
-    epochs: int = 6
-    batch_size: int = 128
+    epochs: int = 5
+    batch_size: int = 96
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
