@@ -20,7 +20,7 @@
 // few output positions by a chunk of filters, whose weights are repacked once per call; each
 // input value is broadcast once per tile. On 2 Zen 3 cores, LeNet's first layer (as 2x2 blocks:
 // 4 channels, 80 filters) runs at ~170 GFLOP/s where XLA's convolution reaches ~80, and the
-// second (20 channels, 50 filters) at ~150 where YNNPACK's reaches ~130.
+// second (20 channels, 50 filters) at ~160 where YNNPACK's reaches ~130.
 //
 // JaxlenetConvInputGrad: the input gradient of a stride-1 convolution,
 //   dx[n, y, x, c] = sum over h, w, i, j, o with h + i - top = y, w + j - left = x of

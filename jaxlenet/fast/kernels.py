@@ -7,7 +7,7 @@ with. The source is compiled on first use, or by ``kernels.build()`` (which
 ``scripts/setup.sh`` calls), into the user cache, keyed by the source and the jaxlib version, with
 the library's SHA-256 beside it: a library that does not match it (truncated, replaced, empty) is
 rebuilt, never loaded. Building needs a C++ compiler (``$CXX``, ``g++`` or ``c++``) and an x86-64
-CPU with AVX-512; without them jaxlenet warns once and runs XLA's formulation.
+CPU with AVX-512, or AVX2 and FMA; without them jaxlenet warns once and runs XLA's formulation.
 ``JAXLENET_CPU_KERNELS=0`` turns the kernels off.
 """
 
