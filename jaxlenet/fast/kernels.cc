@@ -717,6 +717,12 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+// dy's image times the weight of a convolution of shape s, as a 1x1 convolution of an image one
+// row of Ho*Wo positions long, with O channels and KH*KW*C filters.
+Shape ProductShape(const Shape& s) {
+  return {s.n, 1, s.ho() * s.wo(), s.o, s.kh * s.kw * s.c, 1, 1};
+}
+
 // The input gradient of a stride-1 convolution, one image at a time: dy's image (Ho*Wo, O) times
 // the weight (O, KH*KW*C) gives every output position's contribution to the KH*KW input positions
 // it read, z (Ho*Wo, KH*KW*C), by the forward tiles (as a 1x1 convolution with KH*KW*C filters
@@ -724,10 +730,6 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // added into dx where it falls inside the image. The convolution of the padded dy with the
 // flipped kernel that the forward kernel ran before multiplied dy's zero border too: for LeNet's
 // second layer, 1.44x the arithmetic and 1.18x the time.
-// dy's image times the weight of a convolution of shape s, as a 1x1 convolution of an image one
-// row of Ho*Wo positions long, with O channels and KH*KW*C filters.
-Shape ProductShape(const Shape& s) { return {s.n, 1, s.ho() * s.wo(), s.o, s.kh * s.kw * s.c, 1, 1}; }
-
 void InputGradImages(const Shape& s, const float* dy, const PackedFilters& weights, float* dx,
                      int64_t n0, int64_t n1) {
   // s: the forward convolution's (h, w and pads those of x padded); g: dy times the weight.
@@ -746,7 +748,8 @@ void InputGradImages(const Shape& s, const float* dy, const PackedFilters& weigh
           for (int64_t j = 0; j < s.kw; ++j) {
             const int64_t x = q + j - s.pad_left;
             if (x < 0 || x >= w) continue;
-            const float* __restrict from = z.data() + (r * s.wo() + q) * g.o + (i * s.kw + j) * s.c;
+            const float* __restrict from =
+                z.data() + (r * s.wo() + q) * g.o + (i * s.kw + j) * s.c;
             float* __restrict to = dxn + (y * w + x) * s.c;
             for (int64_t c = 0; c < s.c; ++c) to[c] += from[c];
           }
