@@ -168,14 +168,14 @@ def input_grad(dy, weight, padding):
     output's cotangent ``dy`` (N, Ho, Wo, O) and ``weight`` (O, C, kh, kw): what autodiff of
     ``layers.conv`` gives.
 
-    On the CPU in float32 by a C++ kernel; elsewhere as a convolution of dy, padded by kernel - 1
-    - padding, with the flipped kernel (``_input_grad_by_rows``)."""
+    On the CPU in float32 by a C++ kernel; elsewhere by ``_input_grad_by_rows``, a convolution
+    of dy, padded by kernel - 1 - padding, with the flipped kernel."""
     kh, kw = weight.shape[2:]
     n, ho, wo, _ = dy.shape
     input_shape = (n, ho + kh - 1 - 2 * padding[0], wo + kw - 1 - 2 * padding[1], weight.shape[1])
-    return kernels.conv_input_grad(dy, weight, lambda dy, weight: _input_grad_by_rows(
-        dy, weight, padding), padding=(padding[0],) * 2 + (padding[1],) * 2,
-        input_shape=input_shape)
+    fallback = lambda dy, weight: _input_grad_by_rows(dy, weight, padding)
+    return kernels.conv_input_grad(dy, weight, fallback, input_shape=input_shape,
+                                   padding=(padding[0],) * 2 + (padding[1],) * 2)
 
 
 def _input_grad_by_rows(dy, weight, padding):
