@@ -127,6 +127,21 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
 
 
 @REAL_DATA
+def test_the_command_ends_at_once_with_its_output_and_files_complete(tmp_path):
+    """`jaxlenet` skips the interpreter's teardown: what it printed into a pipe (block-buffered)
+    must still arrive whole, with exit status 0 and every file written."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-m", "jaxlenet", "train", "--epochs", "2", "--limit",
+                           "512", "--batch-size", "64", "--out", str(out), "--no-plots"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stdout.splitlines()] == ["1", "2"]
+    assert f"jaxlenet: {out} holds checkpoint.npz, metrics.jsonl" in done.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@REAL_DATA
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_run_into_the_same_out_is_refused_and_a_signal_keeps_the_checkpoint(tmp_path,
                                                                                    signum):
