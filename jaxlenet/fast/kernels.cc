@@ -136,6 +136,24 @@ struct Shape {
   int64_t row() const { return kw * c; }  // floats of x under one kernel row
 };
 
+// Whether `padding` is the 4 zero-padding counts the padded kernels take: rows on top and
+// bottom, columns left and right, each >= 0.
+bool IsPadding(ffi::Span<const int64_t> padding) {
+  return padding.size() == 4 && *std::min_element(padding.begin(), padding.end()) >= 0;
+}
+
+// The shape of a stride-1 convolution with KH x KW kernels from C channels to O filters, over N
+// images (H, W) zero-padded by `padding` (IsPadding): h and w count the padding.
+Shape PaddedShape(int64_t n, int64_t h, int64_t w, int64_t c, int64_t o, int64_t kh, int64_t kw,
+                  ffi::Span<const int64_t> padding) {
+  Shape s{n, h + padding[0] + padding[1], w + padding[2] + padding[3], c, o, kh, kw};
+  s.pad_top = padding[0];
+  s.pad_bottom = padding[1];
+  s.pad_left = padding[2];
+  s.pad_right = padding[3];
+  return s;
+}
+
 // Where each output position (h, w) of an image, in order, starts reading x: (h * W + w) * C.
 // The weight-gradient tiles run over an image's positions in one loop: a loop per row of 10
 // positions (LeNet's second layer) cost ~15% more.
@@ -694,16 +712,11 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   if (xd.size() != 4 || wd.size() != 4 || bd.size() != 1 || yd.size() != 4) {
     return ffi::Error::InvalidArgument("conv forward: x, wt and y must be 4-D, b 1-D");
   }
-  if (padding.size() != 4 || *std::min_element(padding.begin(), padding.end()) < 0) {
+  if (!IsPadding(padding)) {
     return ffi::Error::InvalidArgument(
         "conv forward: padding must be 4 counts >= 0 (rows top, bottom, columns left, right)");
   }
-  Shape s{xd[0], xd[1] + padding[0] + padding[1], xd[2] + padding[2] + padding[3], xd[3], wd[3],
-          wd[0], wd[1]};
-  s.pad_top = padding[0];
-  s.pad_bottom = padding[1];
-  s.pad_left = padding[2];
-  s.pad_right = padding[3];
+  const Shape s = PaddedShape(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], padding);
   if (wd[2] != s.c || bd[0] != s.o || yd[0] != s.n || yd[1] != s.ho() || yd[2] != s.wo() ||
       yd[3] != s.o || s.ho() < 1 || s.wo() < 1) {
     return ffi::Error::InvalidArgument(
@@ -763,17 +776,12 @@ ffi::Error ConvInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
   if (dd.size() != 4 || wd.size() != 4 || xd.size() != 4) {
     return ffi::Error::InvalidArgument("conv input gradient: dy, wr and dx must be 4-D");
   }
-  if (padding.size() != 4 || *std::min_element(padding.begin(), padding.end()) < 0) {
+  if (!IsPadding(padding)) {
     return ffi::Error::InvalidArgument(
         "conv input gradient: padding must be 4 counts >= 0 (rows top, bottom, columns left, "
         "right)");
   }
-  Shape s{xd[0], xd[1] + padding[0] + padding[1], xd[2] + padding[2] + padding[3], xd[3], wd[0],
-          wd[1], wd[2]};
-  s.pad_top = padding[0];
-  s.pad_bottom = padding[1];
-  s.pad_left = padding[2];
-  s.pad_right = padding[3];
+  const Shape s = PaddedShape(xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2], padding);
   if (wd[3] != s.c || dd[0] != s.n || dd[1] != s.ho() || dd[2] != s.wo() || dd[3] != s.o ||
       s.ho() < 1 || s.wo() < 1) {
     return ffi::Error::InvalidArgument(
