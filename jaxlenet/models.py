@@ -55,9 +55,9 @@ def _model(name: str, architecture: Callable, impl: str, platform: str | None, d
         fast_layers = fast.layers.fuse_conv_pool(architecture(fast.layers))
         net = fast.layers.serial(*fast_layers)
         run = lambda params, images: net.apply(params, jnp.moveaxis(images, 1, -1))
-        options = fast.compiler_options(
-            platform or jax.default_backend(),
-            xla_convolutions=not fast.layers.convolutions_on_kernels(fast_layers))
+        where = platform or jax.default_backend()
+        on_kernels = where == "cpu" and fast.layers.convolutions_on_kernels(fast_layers)
+        options = fast.compiler_options(where, xla_convolutions=not on_kernels)
     else:
         run = reference.apply
 

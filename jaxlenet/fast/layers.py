@@ -34,6 +34,12 @@ class ConvLayer:
     groups: int
     activation: str | None
 
+    @property
+    def plain(self) -> bool:
+        """Stride 1, no dilation, one group: the convolutions the C++ kernels and the fused
+        conv-pool layer take."""
+        return self.stride in (1, (1, 1)) and self.dilation in (1, (1, 1)) and self.groups == 1
+
     def init(self, key, in_shape):
         return self.reference.init(key, in_shape)
 
@@ -110,8 +116,7 @@ class ConvMaxPool:
         return self.pool.init(key, out_shape)[0], params
 
     def apply(self, params, x):
-        if not (self.conv.stride in (1, (1, 1)) and self.conv.dilation in (1, (1, 1))
-                and self.conv.groups == 1):
+        if not self.conv.plain:
             return self.pool.apply({}, self.conv.apply(params, x))
         return conv_max_pool(x, params["weight"], params.get("bias"), padding=self.conv.padding,
                              window=self.pool.window, activation=self.conv.activation)
@@ -137,6 +142,4 @@ def convolutions_on_kernels(named_layers) -> bool:
     that XLA runs none."""
     convs = [layer.conv if isinstance(layer, ConvMaxPool) else layer for _, layer in named_layers
              if isinstance(layer, (ConvLayer, ConvMaxPool))]
-    return kernels.available() and all(
-        conv.stride in (1, (1, 1)) and conv.dilation in (1, (1, 1)) and conv.groups == 1
-        for conv in convs)
+    return kernels.available() and all(conv.plain for conv in convs)
