@@ -77,9 +77,9 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def restore(arrays: dict[str, np.ndarray], part: str, template, *, finite: bool = False):
-    """Rebuilds pytree ``part`` with the structure of ``template``; every array must have its
-    template's shape and dtype exactly (nothing is cast), and with ``finite`` hold no NaN or
-    infinity."""
+    """Rebuilds pytree ``part`` with the structure of ``template`` (arrays, or anything with a
+    shape and dtype such as ``jax.ShapeDtypeStruct``); every array must have its template's shape
+    and dtype exactly (nothing is cast), and with ``finite`` hold no NaN or infinity."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     restored = []
     for path, leaf in leaves:
@@ -87,7 +87,7 @@ def restore(arrays: dict[str, np.ndarray], part: str, template, *, finite: bool 
         if key not in arrays:
             raise CheckpointError(f"checkpoint lacks {key}: it was written for another model or "
                                   "optimiser")
-        value, expected = arrays[key], np.asarray(leaf)
+        value, expected = arrays[key], leaf
         if value.shape != expected.shape:
             raise CheckpointError(f"checkpoint {key} has shape {value.shape}, the model expects "
                                   f"{expected.shape}")

@@ -24,13 +24,16 @@ class Model(NamedTuple):
     """``init(key) -> params``; ``apply(params, images (N, 1, 28, 28)) -> logits (N, classes)``,
     images cast to the parameters' dtype. ``impl`` is the implementation ``apply`` runs,
     ``layers`` the reference layers (for summaries), ``compiler_options`` what a ``jax.jit`` of a
-    program running ``apply`` should pass (empty for the reference)."""
+    program running ``apply`` should pass, ``init_compiler_options`` what one whose work is
+    ``init`` should (both empty for the reference). ``init`` is jitted without options, so that
+    it can run inside any program."""
     name: str
     impl: str
     init: Callable
     apply: Callable
     layers: tuple[tuple[str, layers.Layer], ...]
     compiler_options: dict
+    init_compiler_options: dict
 
 
 def choose_impl(impl: str = "auto", *, platform: str | None = None, dtype=jnp.float32) -> str:
@@ -50,7 +53,7 @@ def _model(name: str, architecture: Callable, impl: str, platform: str | None, d
     impl = choose_impl(impl, platform=platform, dtype=dtype)
     reference_layers = architecture(layers)
     reference = layers.serial(*reference_layers)
-    options = {}
+    options, init_options = {}, {}
     if impl == "fast":
         fast_layers = fast.layers.fuse_conv_pool(architecture(fast.layers))
         net = fast.layers.serial(*fast_layers)
@@ -58,6 +61,7 @@ def _model(name: str, architecture: Callable, impl: str, platform: str | None, d
         where = platform or jax.default_backend()
         on_kernels = where == "cpu" and fast.layers.convolutions_on_kernels(fast_layers)
         options = fast.compiler_options(where, xla_convolutions=not on_kernels)
+        init_options = fast.init_compiler_options(where)
     else:
         run = reference.apply
 
@@ -73,7 +77,7 @@ def _model(name: str, architecture: Callable, impl: str, platform: str | None, d
         param_dtype = jax.tree_util.tree_leaves(params)[0].dtype
         return run(params, jnp.asarray(images, param_dtype))
 
-    return Model(name, impl, init, apply, tuple(reference_layers), options)
+    return Model(name, impl, init, apply, tuple(reference_layers), options, init_options)
 
 
 def lenet(*, weight_init=initializers.uniform(0.07), impl: str = "auto",

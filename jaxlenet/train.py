@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -219,11 +220,29 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
 def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | None = None):
     """(model, optimiser, params, opt_state, shuffle key) for a fresh run; the model in the
     implementation ``config.impl`` picks for ``platform`` (default: JAX's default backend)."""
-    model = models.build(config.model, init=config.init, impl=config.impl, platform=platform)
-    opt = optimizer(config, steps_per_epoch)
-    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = model.init(init_key)
-    return model, opt, params, opt.init(params), shuffle_key
+    model, opt = _model_and_optimizer(config, steps_per_epoch, platform)
+
+    # One program for the whole state, not one per key split and optimiser leaf: a first run
+    # compiles each.
+    @functools.partial(jax.jit, compiler_options=model.init_compiler_options)
+    def fresh(key):
+        init_key, shuffle_key = jax.random.split(key)
+        params = model.init(init_key)
+        return params, opt.init(params), shuffle_key
+
+    return model, opt, *fresh(seed_key(config.seed))
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The PRNG key of ``seed`` (0 <= seed < 2**64): ``jax.random.PRNGKey(seed)`` as JAX makes
+    it with 64-bit integers enabled. Without them PRNGKey keeps the low 32 bits only, and seeds
+    5 and 2**32 + 5 would train the same run."""
+    return jnp.asarray(np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32))
+
+
+def _model_and_optimizer(config: Config, steps_per_epoch: int, platform: str | None):
+    return (models.build(config.model, init=config.init, impl=config.impl, platform=platform),
+            optimizer(config, steps_per_epoch))
 
 
 def load_checkpoint(path, *, impl: str | None = None, platform: str | None = None):
@@ -234,10 +253,13 @@ def load_checkpoint(path, *, impl: str | None = None, platform: str | None = Non
     path = _checkpoint_file(path)
     meta, arrays = checkpoint.read(path)
     config, epoch = _recorded_run(meta, path)
-    model, opt, params, opt_state, key = initial_state(
-        dataclasses.replace(config, impl=impl or config.impl), platform=platform)
-    params = checkpoint.restore(arrays, "params", params, finite=True)
-    opt_state = checkpoint.restore(arrays, "opt_state", opt_state, finite=True)
+    model, opt = _model_and_optimizer(dataclasses.replace(config, impl=impl or config.impl), 1,
+                                      platform)
+    # Shapes only: nothing is initialised (or compiled) just to be overwritten.
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    params = checkpoint.restore(arrays, "params", jax.eval_shape(model.init, key), finite=True)
+    opt_state = checkpoint.restore(arrays, "opt_state", jax.eval_shape(opt.init, params),
+                                   finite=True)
     key = checkpoint.restore(arrays, "key", key)
     return config, model, params, opt_state, key, epoch
 
@@ -472,5 +494,6 @@ def _stderr(line: str) -> None:
 
 def predict(model: models.Model, params, images) -> np.ndarray:
     """Class probabilities (N, 10) for float images (N, 1, 28, 28) in [0, 1]."""
-    apply = jax.jit(model.apply, compiler_options=model.compiler_options)
-    return np.asarray(jax.nn.softmax(apply(params, jnp.asarray(images)), axis=-1))
+    probabilities = jax.jit(lambda params, x: jax.nn.softmax(model.apply(params, x), axis=-1),
+                            compiler_options=model.compiler_options)
+    return np.asarray(probabilities(params, jnp.asarray(images)))

@@ -246,3 +246,17 @@ def test_models_whose_convolutions_all_run_the_kernels_drop_ynnpacks_reductions(
 def test_options_this_jaxlib_refuses_are_dropped():
     assert fast.xla_options.accepted({"xla_cpu_no_such_option": "1"}) == {}
     assert fast.xla_options.accepted(fast.xla_options.CPU_OPTIONS) == fast.compiler_options("cpu")
+
+
+@pytest.mark.parametrize("init", ["xavier", "uniform", "normal"])
+def test_the_init_programs_options_change_compile_time_not_parameters(init):
+    model = models.build("lenet", init=init, impl="fast", platform="cpu")
+    assert model.init_compiler_options == fast.xla_options.INIT_CPU_OPTIONS
+    tuned = jax.jit(model.init, compiler_options=model.init_compiler_options)
+    for seed in (0, 1, 2**31 + 7):
+        key = jax.random.PRNGKey(seed)
+        for got, want in zip(jax.tree_util.tree_leaves(tuned(key)),
+                             jax.tree_util.tree_leaves(model.init(key))):
+            np.testing.assert_array_equal(got, want)
+    assert models.build("lenet", impl="fast", platform="gpu").init_compiler_options == {}
+    assert models.build("lenet", impl="reference", platform="cpu").init_compiler_options == {}

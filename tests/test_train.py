@@ -179,6 +179,16 @@ def test_config_rejects_bad_values():
             train.Config(**bad)
 
 
+def test_every_seed_is_its_own_run():
+    for seed in (0, 5, 2**31 + 3, 2**32 - 1):
+        np.testing.assert_array_equal(train.seed_key(seed), jax.random.PRNGKey(seed))
+    with jax.enable_x64(True):  # where PRNGKey takes all 64 bits of a seed
+        for seed in (2**32 + 5, 2**63 - 1):
+            np.testing.assert_array_equal(train.seed_key(seed), jax.random.PRNGKey(seed))
+    low, high = (train.initial_state(train.Config(seed=seed))[2] for seed in (5, 2**32 + 5))
+    assert not np.array_equal(low["conv0"]["weight"], high["conv0"]["weight"])
+
+
 def test_optimizer_matches_mxnet_sgd_with_weight_decay_and_momentum():
     config = train.Config(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
                           schedule="constant")

@@ -12,7 +12,8 @@ docs/performance.md.
 - ``conv_max_pool``: a few-channel convolution and its max pool as one space-to-depth convolution.
 - ``layers``: the reference layers' constructors over these, and ``fuse_conv_pool``.
 - ``kernels``: C++ kernels (``kernels.cc``) XLA calls through its FFI on the CPU.
-- ``compiler_options``: the XLA:CPU options the fast programs are compiled with.
+- ``compiler_options``, ``init_compiler_options``: the XLA:CPU options the fast programs and the
+  parameters' init program are compiled with.
 """
 
 from jaxlenet.fast import layers
@@ -22,7 +23,7 @@ from jaxlenet.fast.conv2d import weight_and_bias_grads as conv_weight_and_bias_g
 from jaxlenet.fast.conv_pool import conv_max_pool
 from jaxlenet.fast.kernels import available as kernels_available
 from jaxlenet.fast.pool import max_pool
-from jaxlenet.fast.xla_options import compiler_options
+from jaxlenet.fast.xla_options import compiler_options, init_compiler_options
 
 __all__ = ["conv", "conv_input_grad", "conv_weight_and_bias_grads", "conv_max_pool", "max_pool",
-           "layers", "kernels_available", "compiler_options"]
+           "layers", "kernels_available", "compiler_options", "init_compiler_options"]
