@@ -39,31 +39,47 @@ def conv_max_pool(x, weight, bias=None, *, padding=0, window=2, activation: str 
     if window[0] * window[1] * x.shape[-1] > FEW_CHANNELS:
         return one_by_one(x, weight, bias)
 
-    n = x.shape[0]
-    out_channels, channels, kh, kw = weight.shape
-    ph, pw = window
-    hp, wp = out.shape[1:3]
     x = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
-    place, (bh, bw) = _space_to_depth_kernel(kh, kw, ph, pw)
-    # The blocks under the kept windows; a last partial block is zero-padded (its rows meet only
-    # zero weights).
-    rows, cols = ph * (hp + bh - 1), pw * (wp + bw - 1)
+    bias = jnp.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
+    if activation in _CHAIN_RULE_FROM_OUTPUT:
+        return _conv_act_max(x, weight, bias, window, activation)
+    y = conv(*_as_blocks(x, weight, bias, window))
+    y = y.reshape(out.shape[:3] + (window[0] * window[1], weight.shape[0]))
+    return _positions_max(ACTIVATIONS[activation](y) if activation else y).reshape(out.shape)
+
+
+def _as_blocks(x, weight, bias, window):
+    """(blocks, block weight, block bias): the convolution of ``x`` (N, H, W, C), padded
+    already, and the positions of its pool's windows as one convolution over blocks, whose
+    filters are (row in window, column in window, filter): the window's positions in row-major
+    order, so that the first maximum is MXNet's."""
+    return (_blocks(x, weight.shape[2:], window), _block_weight(weight, window),
+            jnp.tile(bias, window[0] * window[1]))
+
+
+def _blocks(x, kernel, window):
+    """``x`` (N, H, W, C) cut into windows of ph*pw*C channels: (N, Hb, Wb, ph*pw*C), the
+    blocks under the kept windows of a convolution with ``kernel``, a last partial block
+    zero-padded (its rows meet only zero weights). The batch axis stays an axis of its own, so
+    that a batch split over devices stays split."""
+    n, h, w, channels = x.shape
+    (kh, kw), (ph, pw) = kernel, window
+    _, (bh, bw) = _space_to_depth_kernel(kh, kw, ph, pw)
+    rows = ph * ((h - kh + 1) // ph + bh - 1)
+    cols = pw * ((w - kw + 1) // pw + bw - 1)
     x = x[:, :rows, :cols]
     x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
     blocks = x.reshape(n, rows // ph, ph, cols // pw, pw, channels).transpose(0, 1, 3, 2, 4, 5)
-    blocks = blocks.reshape(n, rows // ph, cols // pw, ph * pw * channels)
+    return blocks.reshape(n, rows // ph, cols // pw, ph * pw * channels)
+
+
+def _block_weight(weight, window):
+    """``weight`` (O, C, kh, kw) as the block convolution's (ph*pw*O, ph*pw*C, bh, bw)."""
+    out_channels, channels, kh, kw = weight.shape
+    ph, pw = window
+    place, (bh, bw) = _space_to_depth_kernel(kh, kw, ph, pw)
     block_weight = jnp.einsum("uvabcdpq,ozuv->pqocdzab", jnp.asarray(place, weight.dtype), weight)
-    block_weight = block_weight.reshape(ph * pw * out_channels, ph * pw * channels, bh, bw)
-    block_bias = jnp.zeros((out_channels,), weight.dtype) if bias is None else bias
-    block_bias = jnp.tile(block_bias, ph * pw)
-    # Channels ordered (row in window, column in window, filter): the window's positions in
-    # row-major order, so the first maximum is MXNet's. The batch axis stays an axis of its own,
-    # so that a batch split over devices stays split.
-    if activation in _CHAIN_RULE_FROM_OUTPUT:
-        return _conv_act_max(blocks, block_weight, block_bias, ph * pw, activation)
-    y = conv(blocks, block_weight, block_bias).reshape(n, hp, wp, ph * pw, out_channels)
-    y = _positions_max(ACTIVATIONS[activation](y) if activation else y)
-    return y.reshape(n, hp, wp, out_channels)
+    return block_weight.reshape(ph * pw * out_channels, ph * pw * channels, bh, bw)
 
 
 # The activations whose derivative is a function of their output, as the chain rule through
@@ -76,40 +92,46 @@ _CHAIN_RULE_FROM_OUTPUT = {
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv_act_max(blocks, weight, bias, positions, activation):
-    """max over the positions of act(conv(blocks, weight, bias)), act the activation named
-    ``activation``: the convolution's (positions * O) filters are (position, filter) pairs;
-    (N, Ho, Wo, O).
+def _conv_act_max(x, weight, bias, window, activation):
+    """max over the windows of act(conv(x, weight, bias)), act the activation named
+    ``activation``, for ``x`` (N, H, W, C) padded already: (N, Hp, Wp, O), computed over blocks
+    (``_as_blocks``).
 
     Differentiated, only the first position holding each maximum and the pooled output are
     kept, and the weight's gradient comes from them (``kernels.conv_pool_param_grads``): on the
     CPU the convolution's cotangent, zero at all but one position of a window, is never written
-    out whole."""
+    out, and x is read at that position alone."""
     if activation == "relu":
-        return relu(_conv_positions_max(blocks, weight, bias, positions, relu_first=True)[0])
-    return _conv_act_max_fwd(blocks, weight, bias, positions, activation)[0]
+        blocks, block_weight, block_bias = _as_blocks(x, weight, bias, window)
+        return relu(_conv_positions_max(blocks, block_weight, block_bias,
+                                        window[0] * window[1], relu_first=True)[0])
+    return _conv_act_max_fwd(x, weight, bias, window, activation)[0]
 
 
-def _conv_act_max_fwd(blocks, weight, bias, positions, activation):
+def _conv_act_max_fwd(x, weight, bias, window, activation):
+    blocks, block_weight, block_bias = _as_blocks(x, weight, bias, window)
+    positions = window[0] * window[1]
     if activation == "relu":
         # ReLU commutes with max, and where it ties distinct inputs (at 0) its derivative is 0:
         # the max and the first maximum of the convolution's output serve.
-        top, first = _conv_positions_max(blocks, weight, bias, positions)
+        top, first = _conv_positions_max(blocks, block_weight, block_bias, positions)
         out = relu(top)
     else:
         # MXNet pools the activation's output; where the activation ties distinct inputs
         # (sigmoid saturates), that decides which position takes the gradient.
-        y = conv(blocks, weight, bias)
+        y = conv(blocks, block_weight, block_bias)
         y = ACTIVATIONS[activation](y.reshape(y.shape[:3] + (positions, -1)))
         top = jnp.max(y, axis=3, keepdims=True)
         _, first = first_maximum(y, top, (3,))
         out, first = top[:, :, :, 0], first[:, :, :, 0]
-    return out, (blocks, weight, first, out)
+    return out, (x, weight, first, out)
 
 
-def _conv_act_max_bwd(positions, activation, residuals, cotangent):
-    blocks, weight, first, out = residuals
+def _conv_act_max_bwd(window, activation, residuals, cotangent):
+    x, weight, first, out = residuals
     dmax = _CHAIN_RULE_FROM_OUTPUT[activation](out, cotangent)
+    kernel = weight.shape[2:]
+    positions = window[0] * window[1]
 
     def conv_cotangent(first, dmax):
         position = jnp.arange(positions, dtype=jnp.int32).reshape(1, 1, 1, positions, 1)
@@ -117,14 +139,18 @@ def _conv_act_max_bwd(positions, activation, residuals, cotangent):
                        jnp.zeros((), dmax.dtype))
         return dy.reshape(dy.shape[:3] + (-1,))
 
-    kernel = weight.shape[2:]
-    dw, db = kernels.conv_pool_param_grads(
-        blocks, first, dmax, weight.shape,
-        lambda blocks, first, dmax: weight_and_bias_grads(
-            blocks, conv_cotangent(first, dmax), kernel, (0, 0)))
-    # Unused when the blocks are the network's input (LeNet's images): XLA drops it then.
-    dblocks = input_grad(conv_cotangent(first, dmax), weight, (0, 0))
-    return dblocks.astype(blocks.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
+    def over_blocks(x, first, dmax):
+        block_dw, block_db = weight_and_bias_grads(
+            _blocks(x, kernel, window), conv_cotangent(first, dmax),
+            _space_to_depth_kernel(*kernel, *window)[1], (0, 0))
+        dw, = jax.linear_transpose(lambda w: _block_weight(w, window), weight)(block_dw)
+        return dw, block_db.reshape(positions, -1).sum(axis=0)
+
+    dw, db = kernels.conv_pool_param_grads(x, first, dmax, kernel, window, over_blocks)
+    # Unused when x is the network's input (LeNet's images): XLA drops it then.
+    dblocks = input_grad(conv_cotangent(first, dmax), _block_weight(weight, window), (0, 0))
+    dx, = jax.linear_transpose(lambda x: _blocks(x, kernel, window), x)(dblocks)
+    return dx.astype(x.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
 
 
 _conv_act_max.defvjp(_conv_act_max_fwd, _conv_act_max_bwd)

@@ -31,9 +31,14 @@
 // JaxlenetConvMaxForward: JaxlenetConvForward for jaxlenet's convolution fused with a max pool,
 // and the max over each window's positions, with the first position that holds it.
 //
-// JaxlenetConvPoolParamGrads: JaxlenetConvParamGrads for jaxlenet's convolution fused with a max
-// pool, whose P*O filters are P window positions times O filters, given the first position
-// holding each maximum and the maximum's cotangent instead of the convolution's whole cotangent.
+// JaxlenetConvPoolParamGrads: the weight and bias gradients of a stride-1 convolution followed
+// by a max pool of non-overlapping ph x pw windows (attribute `window`), given the maximum's
+// cotangent dmax (N, Hp, Wp, O) and the first position p = pi * pw + pj of each window holding
+// it, first (N, Hp, Wp, O) (ph * pw where the maximum is NaN: the window passes nothing):
+//   dw[o, i, j, c] = sum over n, h, w of dmax[n, h, w, o] * x[n, ph*h + pi + i, pw*w + pj + j, c],
+//   db[o] = sum over n, h, w of dmax[n, h, w, o],
+// for x (N, H, W, C) padded already, dw (O, KH, KW, C). One patch of x per window and filter:
+// a quarter of the convolution's arithmetic for 2x2 windows.
 //
 // Register tiles are sized to the vector registers: 32 of 16 floats with AVX-512, 16 of 8 with
 // AVX2.
@@ -467,52 +472,158 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
-// The same for a convolution whose P*O outputs are P positions of a max pool's windows times O
-// filters (jaxlenet's convolution fused with its pool), given for every window and filter the
-// first position holding the maximum, `first` (N, Ho, Wo, O), and the maximum's cotangent, `dmax`
-// (N, Ho, Wo, O): the convolution's cotangent is dmax at that position and 0 at the others. It is
-// rebuilt one image at a time in cache rather than written out whole (12 MB for LeNet's first
-// layer).
+// The weight and bias gradients of a stride-1 convolution followed by a max pool of
+// non-overlapping ph x pw windows (jaxlenet's convolution fused with its pool), from the pooled
+// output's cotangent and the first position of each window holding the maximum: only that
+// position passes a gradient, so each window and filter reads one patch of x instead of ph*pw.
+struct PoolGradShape {
+  Shape s;         // the convolution: x (N, H, W, C) padded already, O filters of KH x KW
+  int64_t ph, pw;  // the pool's window
+  int64_t hp() const { return s.ho() / ph; }
+  int64_t wp() const { return s.wo() / pw; }
+  int32_t positions() const { return static_cast<int32_t>(ph * pw); }
+  // Each kernel row of a patch as vectors: the last one reads past the row's KW*C floats, into
+  // lanes that are never stored.
+  int64_t row_vectors() const { return VectorsFor(s.row()); }
+  int64_t segments() const { return s.kh * row_vectors(); }
+};
+
+// Filters and kernel-row vectors per register tile: 2 x 5 accumulators, whose 10 independent
+// sums hide the multiply-adds' latency.
+constexpr int kPoolFilterBlock = 2;
+constexpr int kPoolSegmentBlock = 5;
+
+// Adds image x's contribution to acc (O, segments * kLanes) for filters [o0, o0 + FB) and
+// segments [g0, g0 + SB) at offsets `segment` from a patch's corner; `position` holds the offset
+// of each window position from the window's corner.
+template <int FB, int SB>
+void PoolGradTile(const PoolGradShape& g, const float* x, const int32_t* first, const float* dmax,
+                  const int64_t* segment, const int64_t* position, int64_t o0, int64_t g0,
+                  float* acc) {
+  const Shape& s = g.s;
+  const int32_t positions = g.positions();
+  Vec a[FB][SB];
+#pragma GCC unroll 8
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 8
+    for (int k = 0; k < SB; ++k) a[f][k] = Zero();
+  int64_t offsets[SB];
+#pragma GCC unroll 8
+  for (int k = 0; k < SB; ++k) offsets[k] = segment[g0 + k];
+  for (int64_t h = 0; h < g.hp(); ++h) {
+    for (int64_t w = 0; w < g.wp(); ++w) {
+      const int64_t cell = (h * g.wp() + w) * s.o + o0;
+      const float* corner = x + (g.ph * h * s.w + g.pw * w) * s.c;
+#pragma GCC unroll 8
+      for (int f = 0; f < FB; ++f) {
+        const int32_t p = first[cell + f];
+        if (p < 0 || p >= positions) continue;  // a NaN maximum: the window passes nothing
+        const Vec m = Broadcast(dmax[cell + f]);
+        const float* patch = corner + position[p];
+#pragma GCC unroll 8
+        for (int k = 0; k < SB; ++k) a[f][k] = MulAdd(m, Load(patch + offsets[k]), a[f][k]);
+      }
+    }
+  }
+  const int64_t stride = g.segments() * kLanes;
+#pragma GCC unroll 8
+  for (int f = 0; f < FB; ++f) {
+    float* out = acc + (o0 + f) * stride + g0 * kLanes;
+#pragma GCC unroll 8
+    for (int k = 0; k < SB; ++k) Store(out + k * kLanes, Add(Load(out + k * kLanes), a[f][k]));
+  }
+}
+
+using PoolGradTileFn = void (*)(const PoolGradShape&, const float*, const int32_t*, const float*,
+                                const int64_t*, const int64_t*, int64_t, int64_t, float*);
+
+template <int FB>
+PoolGradTileFn PoolGradTileFor(int sb) {
+  switch (sb) {
+    case 1: return PoolGradTile<FB, 1>;
+    case 2: return PoolGradTile<FB, 2>;
+    case 3: return PoolGradTile<FB, 3>;
+    case 4: return PoolGradTile<FB, 4>;
+    default: return PoolGradTile<FB, 5>;
+  }
+}
+
+PoolGradTileFn PoolGradTileFor(int fb, int sb) {
+  return fb == 1 ? PoolGradTileFor<1>(sb) : PoolGradTileFor<2>(sb);
+}
+
 ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                               ffi::Buffer<ffi::S32> first, ffi::Buffer<ffi::F32> dmax,
-                              ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
+                              ffi::Span<const int64_t> window, ffi::ResultBuffer<ffi::F32> dw,
+                              ffi::ResultBuffer<ffi::F32> db) {
   const auto xd = x.dimensions(), fd = first.dimensions(), md = dmax.dimensions(),
              wd = dw->dimensions();
   if (xd.size() != 4 || fd.size() != 4 || md.size() != 4 || wd.size() != 4 ||
-      db->dimensions().size() != 1) {
+      db->dimensions().size() != 1 || window.size() != 2 || window[0] < 1 || window[1] < 1) {
     return ffi::Error::InvalidArgument(
-        "conv-pool parameter gradients: x, first, dmax and dw must be 4-D, db 1-D");
+        "conv-pool parameter gradients: x, first, dmax and dw must be 4-D, db 1-D, and the "
+        "window 2 sizes >= 1");
   }
-  const int64_t filters = fd[3];
-  const Shape s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2]};
-  if (filters < 1 || s.o % filters || fd[0] != s.n || fd[1] != s.ho() || fd[2] != s.wo() ||
-      md[0] != fd[0] || md[1] != fd[1] || md[2] != fd[2] || md[3] != fd[3] || wd[3] != s.c ||
-      db->dimensions()[0] != s.o || s.ho() < 1 || s.wo() < 1) {
+  const PoolGradShape g{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2]}, window[0], window[1]};
+  const Shape& s = g.s;
+  if (s.ho() < 1 || s.wo() < 1 || fd[0] != s.n || fd[1] != g.hp() || fd[2] != g.wp() ||
+      fd[3] != s.o || md[0] != fd[0] || md[1] != fd[1] || md[2] != fd[2] || md[3] != fd[3] ||
+      wd[3] != s.c || db->dimensions()[0] != s.o || g.hp() < 1 || g.wp() < 1) {
     return ffi::Error::InvalidArgument(
-        "conv-pool parameter gradients: expected x (N, H, W, C), first and dmax "
-        "(N, H-KH+1, W-KW+1, O), dw (P*O, KH, KW, C) and db (P*O)");
+        "conv-pool parameter gradients: expected x (N, H, W, C), first and dmax (N, (H-KH+1) / "
+        "ph, (W-KW+1) / pw, O), dw (O, KH, KW, C) and db (O)");
   }
-  const int32_t positions = static_cast<int32_t>(s.o / filters);
-  const int64_t cells = s.ho() * s.wo();
-  const int32_t* firstp = first.typed_data();
-  const float* dmaxp = dmax.typed_data();
-  ParamGrads(pool, s, x.typed_data(),
-             [&](int64_t n, std::vector<float>& scratch) {
-               scratch.resize(cells * s.o);
-               const int32_t* f = firstp + n * cells * filters;
-               const float* m = dmaxp + n * cells * filters;
-               float* cell = scratch.data();
-               // Every slot written in one pass, in loops GCC vectorizes: twice as fast as
-               // zeroing the image and then scattering dmax. No position holds a NaN maximum
-               // (first is P there): its window passes no gradient.
-               for (int64_t k = 0; k < cells; ++k, f += filters, m += filters, cell += s.o)
-                 for (int32_t p = 0; p < positions; ++p) {
-                   float* __restrict out = cell + p * filters;
-                   for (int64_t o = 0; o < filters; ++o) out[o] = f[o] == p ? m[o] : 0.0f;
-                 }
-               return static_cast<const float*>(scratch.data());
-             },
-             dw->typed_data(), db->typed_data());
+  const int32_t positions = g.positions();
+  std::vector<int64_t> position(positions), segment(g.segments());
+  for (int32_t p = 0; p < positions; ++p) position[p] = ((p / g.pw) * s.w + p % g.pw) * s.c;
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t v = 0; v < g.row_vectors(); ++v)
+      segment[i * g.row_vectors() + v] = i * s.w * s.c + v * kLanes;
+  // The last image, with room after it: a patch's last vector reads up to kLanes - 1 floats past
+  // its kernel row, and so past the image (into the next one, but for the last).
+  const int64_t image = s.h * s.w * s.c, cells = g.hp() * g.wp() * s.o;
+  const float* xp = x.typed_data();
+  std::vector<float> last(image + kLanes, 0.0f);
+  std::copy(xp + (s.n - 1) * image, xp + s.n * image, last.begin());
+  const int64_t size = s.o * g.segments() * kLanes;
+  // Per chunk: the weight gradient (O, segments * kLanes), then the bias gradient (O).
+  std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
+                                          std::vector<float>(size + s.o, 0.0f));
+  ParallelFor(pool, s.n, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
+    float* sum = partial[chunk].data();
+    std::vector<float> bias(s.o);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* xn = n == s.n - 1 ? last.data() : xp + n * image;
+      const int32_t* fn = first.typed_data() + n * cells;
+      const float* mn = dmax.typed_data() + n * cells;
+      for (int64_t o0 = 0; o0 < s.o; o0 += kPoolFilterBlock) {
+        const int fb = static_cast<int>(std::min<int64_t>(kPoolFilterBlock, s.o - o0));
+        for (int64_t g0 = 0; g0 < g.segments(); g0 += kPoolSegmentBlock) {
+          const int sb = static_cast<int>(std::min<int64_t>(kPoolSegmentBlock, g.segments() - g0));
+          PoolGradTileFor(fb, sb)(g, xn, fn, mn, segment.data(), position.data(), o0, g0, sum);
+        }
+      }
+      // The bias gradient image by image: short float32 sums, added up, lose less than one
+      // long one.
+      std::fill(bias.begin(), bias.end(), 0.0f);
+      for (int64_t k = 0; k < cells; k += s.o)
+        for (int64_t o = 0; o < s.o; ++o)
+          bias[o] += fn[k + o] >= 0 && fn[k + o] < positions ? mn[k + o] : 0.0f;
+      for (int64_t o = 0; o < s.o; ++o) sum[size + o] += bias[o];
+    }
+  });
+  float* w_out = dw->typed_data();
+  float* b_out = db->typed_data();
+  std::fill(w_out, w_out + s.o * s.kh * s.row(), 0.0f);
+  std::fill(b_out, b_out + s.o, 0.0f);
+  const int64_t row = g.row_vectors() * kLanes;
+  for (const auto& sum : partial) {
+    for (int64_t o = 0; o < s.o; ++o)
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t jc = 0; jc < s.row(); ++jc)
+          w_out[(o * s.kh + i) * s.row() + jc] += sum[(o * s.kh + i) * row + jc];
+    for (int64_t o = 0; o < s.o; ++o) b_out[o] += sum[size + o];
+  }
   return ffi::Error::Success();
 }
 
@@ -911,6 +1022,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolParamGrads, ConvPoolParamGrads,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 

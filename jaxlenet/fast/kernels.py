@@ -59,18 +59,19 @@ def conv_param_grads(x, dy, kernel, fallback):
     return _on_cpu(on_cpu, fallback, x, dy)
 
 
-def conv_pool_param_grads(x, first, dmax, weight_shape, fallback):
-    """``conv_param_grads`` for a convolution whose P*O filters are the P positions of a max
-    pool's windows times O filters (``weight_shape`` (P*O, C, kh, kw)), given for every window
-    and filter the first position holding the maximum, ``first`` (N, Ho, Wo, O) int32, and the
-    maximum's cotangent ``dmax`` (N, Ho, Wo, O): the convolution's cotangent, dmax at that
-    position and 0 at the others, is never written out. ``fallback(x, first, dmax)`` elsewhere."""
+def conv_pool_param_grads(x, first, dmax, kernel, window, fallback):
+    """The gradients with respect to the weight (O, C, kh, kw) and the bias (O,) of a stride-1
+    convolution of ``x`` (N, H, W, C), padded already, with a ``kernel`` (kh, kw), followed by a
+    max pool of non-overlapping ``window`` (ph, pw) windows, given for every window and filter
+    the first position holding the maximum, ``first`` (N, Hp, Wp, O) int32 (p = row * pw +
+    column; ph * pw where the maximum is NaN), and the maximum's cotangent ``dmax`` (N, Hp, Wp,
+    O): only that position passes a gradient, and the kernel reads x there alone.
+    ``fallback(x, first, dmax)`` elsewhere."""
     def on_cpu(x, first, dmax):
-        out_channels, channels, kh, kw = weight_shape
-        shapes = (jax.ShapeDtypeStruct((out_channels, kh, kw, channels), jnp.float32),
-                  jax.ShapeDtypeStruct((out_channels,), jnp.float32))
+        shapes = (jax.ShapeDtypeStruct((dmax.shape[-1], *kernel, x.shape[-1]), jnp.float32),
+                  jax.ShapeDtypeStruct((dmax.shape[-1],), jnp.float32))
         dw, db = jax.ffi.ffi_call(_POOL_PARAM_GRADS, shapes, vmap_method="sequential")(
-            x, first.astype(jnp.int32), dmax)
+            x, first.astype(jnp.int32), dmax, window=np.asarray(window, np.int64))
         return jnp.transpose(dw, (0, 3, 1, 2)), db
 
     return _on_cpu(on_cpu, fallback, x, first, dmax)
