@@ -99,6 +99,8 @@ def test_forward_kernel_equals_float64_convolution(n, size, channels, filters, k
     (2, (10, 9), 1, 5, (2, 3), 0, (3, 2)),
     (2, (9, 12), 2, 3, (3, 5), 0, 2),      # kernel rows of 10 floats: two vectors with AVX2
     (3, (13, 10), 1, 4, (7, 3), 0, 2),     # 7 kernel rows: two register tiles of rows
+    (4, (12, 12), 20, 50, (3, 3), 0, 2),   # LeNet's second layer: no blocks, the layers in turn
+    (2, (11, 9), 6, 16, (5, 5), 2, 2),     # LeNet-5's second, padded, odd sizes
 ])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_fused_conv_pool_gradient_kernel_equals_the_layers_in_float64(n, size, channels, filters,

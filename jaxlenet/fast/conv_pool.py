@@ -28,7 +28,8 @@ def conv_max_pool(x, weight, bias=None, *, padding=0, window=2, activation: str 
     all ph*pw positions of a window as filters of their own, over a kernel of blocks; the max then
     runs over a contiguous axis. That is more arithmetic than the convolution (1.44x for LeNet's
     5x5 kernel and 2x2 windows) in shapes XLA:CPU runs much faster. Elsewhere the layers run one
-    after the other."""
+    after the other; with a ReLU or a sigmoid, the weight's gradient then reads x only at each
+    window's first maximum (``_conv_act_pool``)."""
     def one_by_one(x, weight, bias):
         y = conv(x, weight, bias, padding=padding)
         return max_pool(ACTIVATIONS[activation](y) if activation else y, window, layout="NHWC")
@@ -36,11 +37,14 @@ def conv_max_pool(x, weight, bias=None, *, padding=0, window=2, activation: str 
     out = jax.eval_shape(one_by_one, x, weight, bias)  # the layers' checks, with their errors
     window = _checks.as_tuple("kernel", window, 2, default=1)
     padding = _checks.as_tuple("pad", padding, 2, default=0)
-    if window[0] * window[1] * x.shape[-1] > FEW_CHANNELS:
+    blocks = window[0] * window[1] * x.shape[-1] <= FEW_CHANNELS
+    if not blocks and activation not in _CHAIN_RULE_FROM_OUTPUT:
         return one_by_one(x, weight, bias)
 
     x = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
     bias = jnp.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
+    if not blocks:
+        return _conv_act_pool(x, weight, bias, window, activation)
     if activation in _CHAIN_RULE_FROM_OUTPUT:
         return _conv_act_max(x, weight, bias, window, activation)
     y = conv(*_as_blocks(x, weight, bias, window))
@@ -154,6 +158,55 @@ def _conv_act_max_bwd(window, activation, residuals, cotangent):
 
 
 _conv_act_max.defvjp(_conv_act_max_fwd, _conv_act_max_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_act_pool(x, weight, bias, window, activation):
+    """The max pool over ``window`` of act(conv(x, weight, bias)), act the activation named
+    ``activation``, for ``x`` (N, H, W, C) padded already: the two layers one after the other.
+
+    Differentiated, the pool keeps the first position holding each maximum, and the weight's
+    gradient comes from it and the pooled output (``kernels.conv_pool_param_grads``): on the
+    CPU, x is read at that position alone."""
+    return max_pool(ACTIVATIONS[activation](conv(x, weight, bias)), window, layout="NHWC")
+
+
+def _conv_act_pool_fwd(x, weight, bias, window, activation):
+    y = conv(x, weight, bias)
+    if activation != "relu":  # ReLU commutes with max (see _conv_act_max_fwd)
+        y = ACTIVATIONS[activation](y)
+    (ph, pw), (n, ho, wo, out_channels) = window, y.shape
+    windows = y[:, :ho // ph * ph, :wo // pw * pw].reshape(n, ho // ph, ph, wo // pw, pw,
+                                                            out_channels)
+    top = jnp.max(windows, axis=(2, 4), keepdims=True)
+    _, first = first_maximum(windows, top, (2, 4))
+    out = top[:, :, 0, :, 0]
+    return relu(out) if activation == "relu" else out, (x, weight, first[:, :, 0, :, 0], out)
+
+
+def _conv_act_pool_bwd(window, activation, residuals, cotangent):
+    x, weight, first, out = residuals
+    dmax = _CHAIN_RULE_FROM_OUTPUT[activation](out, cotangent)
+    kernel = weight.shape[2:]
+    (ph, pw), (n, hp, wp, out_channels) = window, dmax.shape
+
+    def conv_cotangent(first, dmax):
+        position = jnp.arange(ph * pw, dtype=jnp.int32).reshape(1, 1, ph, 1, pw, 1)
+        dy = jnp.where(position == first[:, :, None, :, None], dmax[:, :, None, :, None],
+                       jnp.zeros((), dmax.dtype)).reshape(n, hp * ph, wp * pw, out_channels)
+        # Rows and columns that fill no window take no gradient.
+        return jnp.pad(dy, ((0, 0), (0, x.shape[1] - kernel[0] + 1 - hp * ph),
+                            (0, x.shape[2] - kernel[1] + 1 - wp * pw), (0, 0)))
+
+    dw, db = kernels.conv_pool_param_grads(
+        x, first, dmax, kernel, window,
+        lambda x, first, dmax: weight_and_bias_grads(x, conv_cotangent(first, dmax), kernel,
+                                                     (0, 0)))
+    dx = input_grad(conv_cotangent(first, dmax), weight, (0, 0))
+    return dx.astype(x.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
+
+
+_conv_act_pool.defvjp(_conv_act_pool_fwd, _conv_act_pool_bwd)
 
 
 def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False):

@@ -479,8 +479,7 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 struct PoolGradShape {
   Shape s;         // the convolution: x (N, H, W, C) padded already, O filters of KH x KW
   int64_t ph, pw;  // the pool's window
-  int64_t hp() const { return s.ho() / ph; }
-  int64_t wp() const { return s.wo() / pw; }
+  int64_t hp = s.ho() / ph, wp = s.wo() / pw;  // the pooled output's rows and columns
   int32_t positions() const { return static_cast<int32_t>(ph * pw); }
   // Each kernel row of a patch as vectors: the last one reads past the row's KW*C floats, into
   // lanes that are never stored.
@@ -510,9 +509,9 @@ void PoolGradTile(const PoolGradShape& g, const float* x, const int32_t* first, 
   int64_t offsets[SB];
 #pragma GCC unroll 8
   for (int k = 0; k < SB; ++k) offsets[k] = segment[g0 + k];
-  for (int64_t h = 0; h < g.hp(); ++h) {
-    for (int64_t w = 0; w < g.wp(); ++w) {
-      const int64_t cell = (h * g.wp() + w) * s.o + o0;
+  for (int64_t h = 0; h < g.hp; ++h) {
+    for (int64_t w = 0; w < g.wp; ++w) {
+      const int64_t cell = (h * g.wp + w) * s.o + o0;
       const float* corner = x + (g.ph * h * s.w + g.pw * w) * s.c;
 #pragma GCC unroll 8
       for (int f = 0; f < FB; ++f) {
@@ -566,9 +565,9 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   const PoolGradShape g{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[2]}, window[0], window[1]};
   const Shape& s = g.s;
-  if (s.ho() < 1 || s.wo() < 1 || fd[0] != s.n || fd[1] != g.hp() || fd[2] != g.wp() ||
+  if (s.ho() < 1 || s.wo() < 1 || fd[0] != s.n || fd[1] != g.hp || fd[2] != g.wp ||
       fd[3] != s.o || md[0] != fd[0] || md[1] != fd[1] || md[2] != fd[2] || md[3] != fd[3] ||
-      wd[3] != s.c || db->dimensions()[0] != s.o || g.hp() < 1 || g.wp() < 1) {
+      wd[3] != s.c || db->dimensions()[0] != s.o || g.hp < 1 || g.wp < 1) {
     return ffi::Error::InvalidArgument(
         "conv-pool parameter gradients: expected x (N, H, W, C), first and dmax (N, (H-KH+1) / "
         "ph, (W-KW+1) / pw, O), dw (O, KH, KW, C) and db (O)");
@@ -581,7 +580,7 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       segment[i * g.row_vectors() + v] = i * s.w * s.c + v * kLanes;
   // The last image, with room after it: a patch's last vector reads up to kLanes - 1 floats past
   // its kernel row, and so past the image (into the next one, but for the last).
-  const int64_t image = s.h * s.w * s.c, cells = g.hp() * g.wp() * s.o;
+  const int64_t image = s.h * s.w * s.c, cells = g.hp * g.wp * s.o;
   const float* xp = x.typed_data();
   std::vector<float> last(image + kLanes, 0.0f);
   std::copy(xp + (s.n - 1) * image, xp + s.n * image, last.begin());
