@@ -224,6 +224,15 @@ def test_kernels_are_deterministic_and_take_empty_batches():
     assert not np.any(dw) and not np.any(db)
     w = jnp.ones((20, 2, 3, 3), jnp.float32)
     assert fast.conv(x[:0, :, :, :2], w).shape == (0, 10, 10, 20)
+    # The fused layer's weight gradient, which reads x at each window's first maximum.
+    first = jnp.asarray(rng.integers(0, 4, (256, 5, 5, 50)), jnp.int32)
+    pooled = jax.jit(lambda x, first, dy: kernels.conv_pool_param_grads(
+        x, first, dy, (3, 3), (2, 2), None))
+    once = pooled(x, first, dy[:, :5, :5])
+    for _ in range(3):
+        assert all(np.array_equal(a, b) for a, b in zip(once, pooled(x, first, dy[:, :5, :5])))
+    dw, db = pooled(x[:0], first[:0], dy[:0, :5, :5])
+    assert dw.shape == (50, 20, 3, 3) and not np.any(dw) and not np.any(db)
 
 
 def test_float64_runs_the_xla_formulations():

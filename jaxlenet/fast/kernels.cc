@@ -583,7 +583,7 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t image = s.h * s.w * s.c, cells = g.hp * g.wp * s.o;
   const float* xp = x.typed_data();
   std::vector<float> last(image + kLanes, 0.0f);
-  std::copy(xp + (s.n - 1) * image, xp + s.n * image, last.begin());
+  if (s.n > 0) std::copy(xp + (s.n - 1) * image, xp + s.n * image, last.begin());
   const int64_t size = s.o * g.segments() * kLanes;
   // Per chunk: the weight gradient (O, segments * kLanes), then the bias gradient (O).
   std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
