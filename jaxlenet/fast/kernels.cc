@@ -407,48 +407,55 @@ void TapWeightGradImage(const Shape& s, const float* x, const float* dy, float* 
   }
 }
 
-// The weight gradient (O, KH, KW*C) and bias gradient (O) into w_out and b_out, from x and the
-// cotangent of every image n, which dy_of_image(n, scratch) returns (scratch: a buffer it may
-// fill and point into).
-template <typename DyOfImage>
-void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x,
-                const DyOfImage& dy_of_image, float* w_out, float* b_out) {
+// Sums over the images in a fixed number of chunks (kImageChunks), so that the sums do not
+// depend on the machine's thread count: add(n0, n1, sum) adds images [n0, n1) into sum (`size`
+// floats, zero at first). Returns the chunks' sums, added in order.
+template <typename AddImages>
+std::vector<float> SumOverImages(ffi::ThreadPool& pool, int64_t images, int64_t size,
+                                 const AddImages& add) {
+  std::vector<std::vector<float>> partial(std::min(images, kImageChunks),
+                                          std::vector<float>(size, 0.0f));
+  ParallelFor(pool, images, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
+    add(n0, n1, partial[chunk].data());
+  });
+  std::vector<float> total(size, 0.0f);
+  for (const auto& sum : partial)
+    for (int64_t k = 0; k < size; ++k) total[k] += sum[k];
+  return total;
+}
+
+// The weight gradient (O, KH, KW*C) and bias gradient (O) into w_out and b_out, from x and dy.
+void ParamGrads(ffi::ThreadPool& pool, const Shape& s, const float* x, const float* dy,
+                float* w_out, float* b_out) {
   const int64_t size = s.o * s.kh * s.row();
   const bool by_taps = s.row() < kShortRow;
   const std::vector<int64_t> tap = by_taps ? TapOffsets(s) : std::vector<int64_t>(),
                              offsets = PositionOffsets(s);
-  // Per chunk: the weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the
-  // bias gradient (O).
-  std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
-                                          std::vector<float>(size + s.o, 0.0f));
-  ParallelFor(pool, s.n, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
-    float* sum = partial[chunk].data();
-    std::vector<float> scratch, image(s.o);
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* xn = x + n * s.h * s.w * s.c;
-      const float* dyn = dy_of_image(n, scratch);
-      if (by_taps) {
-        TapWeightGradImage(s, xn, dyn, sum, tap, offsets);
-      } else {
-        WeightGradImage(s, xn, dyn, sum, offsets);
-      }
-      // The bias gradient image by image: short float32 sums, added up, lose less than one
-      // long one.
-      std::fill(image.begin(), image.end(), 0.0f);
-      const float* d = dyn;
-      for (int64_t k = 0; k < s.ho() * s.wo(); ++k, d += s.o)
-        for (int64_t o = 0; o < s.o; ++o) image[o] += d[o];
-      for (int64_t o = 0; o < s.o; ++o) sum[size + o] += image[o];
-    }
-  });
-  std::fill(w_out, w_out + size, 0.0f);
-  std::fill(b_out, b_out + s.o, 0.0f);
+  // The weight gradient ((O, KH, KW*C), or tap-major (KH*KW*C, O) by taps), then the bias
+  // gradient (O).
+  const std::vector<float> total =
+      SumOverImages(pool, s.n, size + s.o, [&](int64_t n0, int64_t n1, float* sum) {
+        std::vector<float> image(s.o);
+        for (int64_t n = n0; n < n1; ++n) {
+          const float* xn = x + n * s.h * s.w * s.c;
+          const float* dyn = dy + n * s.ho() * s.wo() * s.o;
+          if (by_taps) {
+            TapWeightGradImage(s, xn, dyn, sum, tap, offsets);
+          } else {
+            WeightGradImage(s, xn, dyn, sum, offsets);
+          }
+          // The bias gradient image by image: short float32 sums, added up, lose less than one
+          // long one.
+          std::fill(image.begin(), image.end(), 0.0f);
+          const float* d = dyn;
+          for (int64_t k = 0; k < s.ho() * s.wo(); ++k, d += s.o)
+            for (int64_t o = 0; o < s.o; ++o) image[o] += d[o];
+          for (int64_t o = 0; o < s.o; ++o) sum[size + o] += image[o];
+        }
+      });
   const int64_t taps = s.kh * s.row();
-  for (const auto& sum : partial) {
-    for (int64_t k = 0; k < size; ++k)
-      w_out[k] += by_taps ? sum[(k % taps) * s.o + k / taps] : sum[k];
-    for (int64_t o = 0; o < s.o; ++o) b_out[o] += sum[size + o];
-  }
+  for (int64_t k = 0; k < size; ++k) w_out[k] = total[by_taps ? (k % taps) * s.o + k / taps : k];
+  std::copy(total.begin() + size, total.end(), b_out);
 }
 
 ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -464,11 +471,7 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
         "conv parameter gradients: expected x (N, H, W, C), dy (N, H-KH+1, W-KW+1, O), "
         "dw (O, KH, KW, C) and db (O)");
   }
-  const float* dyp = dy.typed_data();
-  const int64_t image = s.ho() * s.wo() * s.o;
-  ParamGrads(pool, s, x.typed_data(),
-             [&](int64_t n, std::vector<float>&) { return dyp + n * image; },
-             dw->typed_data(), db->typed_data());
+  ParamGrads(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data(), db->typed_data());
   return ffi::Error::Success();
 }
 
@@ -585,44 +588,37 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::vector<float> last(image + kLanes, 0.0f);
   if (s.n > 0) std::copy(xp + (s.n - 1) * image, xp + s.n * image, last.begin());
   const int64_t size = s.o * g.segments() * kLanes;
-  // Per chunk: the weight gradient (O, segments * kLanes), then the bias gradient (O).
-  std::vector<std::vector<float>> partial(std::min(s.n, kImageChunks),
-                                          std::vector<float>(size + s.o, 0.0f));
-  ParallelFor(pool, s.n, partial.size(), [&](int64_t n0, int64_t n1, int64_t chunk) {
-    float* sum = partial[chunk].data();
-    std::vector<float> bias(s.o);
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* xn = n == s.n - 1 ? last.data() : xp + n * image;
-      const int32_t* fn = first.typed_data() + n * cells;
-      const float* mn = dmax.typed_data() + n * cells;
-      for (int64_t o0 = 0; o0 < s.o; o0 += kPoolFilterBlock) {
-        const int fb = static_cast<int>(std::min<int64_t>(kPoolFilterBlock, s.o - o0));
-        for (int64_t g0 = 0; g0 < g.segments(); g0 += kPoolSegmentBlock) {
-          const int sb = static_cast<int>(std::min<int64_t>(kPoolSegmentBlock, g.segments() - g0));
-          PoolGradTileFor(fb, sb)(g, xn, fn, mn, segment.data(), position.data(), o0, g0, sum);
+  // The weight gradient (O, segments * kLanes), then the bias gradient (O).
+  const std::vector<float> total =
+      SumOverImages(pool, s.n, size + s.o, [&](int64_t n0, int64_t n1, float* sum) {
+        std::vector<float> bias(s.o);
+        for (int64_t n = n0; n < n1; ++n) {
+          const float* xn = n == s.n - 1 ? last.data() : xp + n * image;
+          const int32_t* fn = first.typed_data() + n * cells;
+          const float* mn = dmax.typed_data() + n * cells;
+          for (int64_t o0 = 0; o0 < s.o; o0 += kPoolFilterBlock) {
+            const int fb = static_cast<int>(std::min<int64_t>(kPoolFilterBlock, s.o - o0));
+            for (int64_t g0 = 0; g0 < g.segments(); g0 += kPoolSegmentBlock) {
+              const int sb =
+                  static_cast<int>(std::min<int64_t>(kPoolSegmentBlock, g.segments() - g0));
+              PoolGradTileFor(fb, sb)(g, xn, fn, mn, segment.data(), position.data(), o0, g0,
+                                      sum);
+            }
+          }
+          // The bias gradient image by image, as ParamGrads sums it.
+          std::fill(bias.begin(), bias.end(), 0.0f);
+          for (int64_t k = 0; k < cells; k += s.o)
+            for (int64_t o = 0; o < s.o; ++o)
+              bias[o] += fn[k + o] >= 0 && fn[k + o] < positions ? mn[k + o] : 0.0f;
+          for (int64_t o = 0; o < s.o; ++o) sum[size + o] += bias[o];
         }
-      }
-      // The bias gradient image by image: short float32 sums, added up, lose less than one
-      // long one.
-      std::fill(bias.begin(), bias.end(), 0.0f);
-      for (int64_t k = 0; k < cells; k += s.o)
-        for (int64_t o = 0; o < s.o; ++o)
-          bias[o] += fn[k + o] >= 0 && fn[k + o] < positions ? mn[k + o] : 0.0f;
-      for (int64_t o = 0; o < s.o; ++o) sum[size + o] += bias[o];
-    }
-  });
+      });
+  // Each kernel row's KW*C floats of its row_vectors() * kLanes.
   float* w_out = dw->typed_data();
-  float* b_out = db->typed_data();
-  std::fill(w_out, w_out + s.o * s.kh * s.row(), 0.0f);
-  std::fill(b_out, b_out + s.o, 0.0f);
   const int64_t row = g.row_vectors() * kLanes;
-  for (const auto& sum : partial) {
-    for (int64_t o = 0; o < s.o; ++o)
-      for (int64_t i = 0; i < s.kh; ++i)
-        for (int64_t jc = 0; jc < s.row(); ++jc)
-          w_out[(o * s.kh + i) * s.row() + jc] += sum[(o * s.kh + i) * row + jc];
-    for (int64_t o = 0; o < s.o; ++o) b_out[o] += sum[size + o];
-  }
+  for (int64_t r = 0; r < s.o * s.kh; ++r)
+    std::copy(total.begin() + r * row, total.begin() + r * row + s.row(), w_out + r * s.row());
+  std::copy(total.begin() + size, total.end(), db->typed_data());
   return ffi::Error::Success();
 }
 
