@@ -37,13 +37,13 @@ def conv_max_pool(x, weight, bias=None, *, padding=0, window=2, activation: str 
     out = jax.eval_shape(one_by_one, x, weight, bias)  # the layers' checks, with their errors
     window = _checks.as_tuple("kernel", window, 2, default=1)
     padding = _checks.as_tuple("pad", padding, 2, default=0)
-    blocks = window[0] * window[1] * x.shape[-1] <= FEW_CHANNELS
-    if not blocks and activation not in _CHAIN_RULE_FROM_OUTPUT:
+    few_channels = window[0] * window[1] * x.shape[-1] <= FEW_CHANNELS
+    if not few_channels and activation not in _CHAIN_RULE_FROM_OUTPUT:
         return one_by_one(x, weight, bias)
 
     x = jnp.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
     bias = jnp.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
-    if not blocks:
+    if not few_channels:
         return _conv_act_pool(x, weight, bias, window, activation)
     if activation in _CHAIN_RULE_FROM_OUTPUT:
         return _conv_act_max(x, weight, bias, window, activation)
