@@ -58,6 +58,25 @@ def _batch_size(text):
                         "(the training set)")(text)
 
 
+def _network(text):
+    """``--model``: a built-in network's name, or a JSON spec file (its validated spec)."""
+    from jaxlenet import specs
+
+    if text in specs.BUILTIN:
+        return text
+    if text.endswith(".json") or os.sep in text or os.path.exists(text):
+        try:
+            return specs.load(text)
+        except specs.SpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                     f"{', '.join(specs.BUILTIN)}, or a spec FILE.json)")
+
+
+def _network_name(model) -> str:
+    return model["name"] if isinstance(model, dict) else model
+
+
 def _coordinator(text):
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -105,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(Xavier, lr 0.9, batch 256, 5 epochs); 'default': jaxlenet's "
                             "defaults below")
     option = functools.partial(_config_option, train, defaults)
-    option("--model", choices=("lenet", "lenet5"))
+    option("--model", type=_network, metavar="lenet|lenet5|mlp|FILE.json",
+           help="a built-in network, or a spec file (jaxlenet summary --model NAME --spec "
+                "prints one to edit)")
     option("--epochs", type=_epochs)
     option("--batch-size", type=_batch_size)
     option("--lr", type=_finite_float, help="learning rate")
@@ -124,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
            help="'fast' (jaxlenet.fast) or 'reference' (jaxlenet.layers); 'auto' is fast on the "
                 "CPU, reference on a GPU")
     train.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files")
-    train.add_argument("--out", help="run directory (default: runs/MODEL, or runs/MODEL-2, -3, "
-                                     "... if that holds a run)")
+    train.add_argument("--out", help="run directory (default: runs/NAME, the network's name, or "
+                                     "runs/NAME-2, -3, ... if that holds a run)")
     train.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--devices", type=_positive_int,
@@ -159,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Fashion-MNIST is light on dark; 'auto' inverts light backgrounds")
     predict.add_argument("images", nargs="+")
 
-    summary = commands.add_parser("summary", help="layer-by-layer output shapes")
-    summary.add_argument("--model", choices=("lenet", "lenet5"), default="lenet")
+    summary = commands.add_parser(
+        "summary", help="layer-by-layer output shapes, parameters and FLOPs",
+        description="A network's layers with their output shapes, parameters and forward FLOPs "
+                    "per image (a multiply-add counts 2); with --spec, its spec as JSON, to save "
+                    "and edit (then: jaxlenet train --model FILE.json).")
+    summary.add_argument("--model", type=_network, default="lenet",
+                         metavar="lenet|lenet5|mlp|FILE.json")
     summary.add_argument("--batch-size", type=_positive_int, default=1)
+    summary.add_argument("--spec", action="store_true", help="print the network's spec as JSON")
 
     export = commands.add_parser(
         "export", help="write a trained model for use without jaxlenet",
@@ -181,11 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "dict with prefixed names) for the tutorial's LeNet or LeNet-5, without "
                     "MXNet, into a run directory that evaluate, predict and export take.")
     importer.add_argument("params", metavar="FILE.params")
-    importer.add_argument("--model", choices=("lenet", "lenet5"), required=True)
+    importer.add_argument("--model", type=_network, required=True,
+                          metavar="lenet|lenet5|mlp|FILE.json")
     importer.add_argument("--out", required=True, help="run directory to write")
 
     bench = commands.add_parser("bench", help="time training and inference")
-    bench.add_argument("--model", choices=("lenet", "lenet5", "all"), default="all")
+    bench.add_argument("--model", type=lambda text: text if text == "all" else _network(text),
+                       default="all", metavar="lenet|lenet5|mlp|FILE.json|all",
+                       help="'all': lenet and lenet5")
     bench.add_argument("--epochs", type=_epochs, default=2,
                        help="timed epochs per framework (after a warm-up)")
     bench.add_argument("--batch-size", type=_batch_size, default=256)
@@ -239,7 +269,7 @@ def _start_cluster(args) -> None:
 
 
 def _default_out(model: str) -> pathlib.Path:
-    """runs/MODEL, or the first of runs/MODEL-2, -3, ... that holds no run."""
+    """runs/NAME, or the first of runs/NAME-2, -3, ... that holds no run."""
     from jaxlenet import runs
 
     base = pathlib.Path("runs") / model
@@ -260,14 +290,14 @@ def _train(args) -> int:
             raise UsageError("--recipe starts a new run; --resume continues one with the "
                              "configuration it recorded")
         out = pathlib.Path(args.out if args.out is not None else
-                           pathlib.Path("runs") / (args.model or train.Config.model))
+                           pathlib.Path("runs") / _network_name(args.model or train.Config.model))
         saved, done = train.read_run(out)
         config = dataclasses.replace(saved, **given)
     else:
         if args.out == "":
             raise UsageError("--out is empty: name a directory")
         config = train.Config(**{**train.RECIPES[args.recipe or "default"], **given})
-        out = pathlib.Path(args.out) if args.out is not None else _default_out(config.model)
+        out = pathlib.Path(args.out) if args.out is not None else _default_out(config.network)
         done = 0
     _start_cluster(args)
     import jax
@@ -289,8 +319,7 @@ def _train(args) -> int:
     if history and history[-1]["epoch"] > done and not args.no_plots:
         plots.plot_curves(history, out / "curves.png")
         (_, _), (test_x, test_y) = dataset
-        model = models.build(config.model, impl=config.impl,
-                             platform=devices.select_device(args.device).platform)
+        model = train.build_model(config, devices.select_device(args.device).platform)
         probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
         plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
                                out / "predictions.png")
@@ -333,7 +362,7 @@ def _evaluate(args) -> int:
     loss, acc = train.make_evaluate(model)(jax.device_put(params, device),
                                            jax.device_put(test_x, device),
                                            jax.device_put(test_y, device))
-    print(f"{config.model} after epoch {epoch}: test loss {float(loss):.4f}  "
+    print(f"{config.network} after epoch {epoch}: test loss {float(loss):.4f}  "
           f"test acc {float(acc):.4f}  ({len(test_y)} images, {model.impl} implementation)")
     return 0
 
@@ -353,9 +382,12 @@ def _predict(args) -> int:
 
 
 def _summary(args) -> int:
-    from jaxlenet import models
+    from jaxlenet import models, specs
 
-    print(models.format_summary(models.build(args.model), args.batch_size))
+    if args.spec:
+        print(specs.dumps(specs.resolve(args.model)))
+    else:
+        print(models.format_summary(models.build(args.model), args.batch_size))
     return 0
 
 
@@ -378,7 +410,7 @@ def _export(args) -> int:
         atomic_write(out, raw)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
-    print(f"jaxlenet: wrote {out}: {config.model} after epoch {epoch} as {what}",
+    print(f"jaxlenet: wrote {out}: {config.network} after epoch {epoch} as {what}",
           file=sys.stderr)
     return 0
 
@@ -387,10 +419,11 @@ def _import_mxnet(args) -> int:
     from jaxlenet import models, mxnet_params, train
 
     config = train.Config(**{**train.RECIPES["default"], "model": args.model, "epochs": 1})
-    params = mxnet_params.to_params(mxnet_params.read(args.params),
-                                    models.build(args.model, impl="reference"), args.params)
+    model = models.build(args.model, impl="reference")
+    mxnet_params.check_gluon(model)
+    params = mxnet_params.to_params(mxnet_params.read(args.params), model, args.params)
     out = train.save_trained(args.out, config, params, source=f"MXNet {args.params}")
-    print(f"jaxlenet: wrote {out}/checkpoint.npz: {args.model} from {args.params}",
+    print(f"jaxlenet: wrote {out}/checkpoint.npz: {config.network} from {args.params}",
           file=sys.stderr)
     return 0
 

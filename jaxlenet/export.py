@@ -17,17 +17,17 @@ from jaxlenet import models
 PLATFORMS = ("cpu", "cuda")
 
 
-def inference(model_name: str, params) -> jax.export.Exported:
-    """``logits = f(images)`` of model ``model_name`` with ``params``, exported for
-    ``PLATFORMS`` with a symbolic batch dimension."""
-    model = models.build(model_name, impl="reference")
+def inference(network, params) -> jax.export.Exported:
+    """``logits = f(images)`` of ``network`` (a built-in name or a spec, ``models.build``) with
+    ``params``, exported for ``PLATFORMS`` with a symbolic batch dimension."""
+    model = models.build(network, impl="reference")
     params = jax.tree_util.tree_map(jnp.asarray, params)
     batch, = jax.export.symbolic_shape("batch")
-    images = jax.ShapeDtypeStruct((batch,) + models.IMAGE_SHAPE, jnp.float32)
+    images = jax.ShapeDtypeStruct((batch,) + model.input_shape, jnp.float32)
     return jax.export.export(jax.jit(lambda images: model.apply(params, images)),
                              platforms=PLATFORMS)(images)
 
 
-def stablehlo_bytes(model_name: str, params) -> bytes:
-    """``inference(model_name, params)`` serialized, for ``jax.export.deserialize``."""
-    return bytes(inference(model_name, params).serialize())
+def stablehlo_bytes(network, params) -> bytes:
+    """``inference(network, params)`` serialized, for ``jax.export.deserialize``."""
+    return bytes(inference(network, params).serialize())

@@ -111,14 +111,28 @@ def read(path) -> dict[str, np.ndarray]:
     return loads(raw, str(path))
 
 
-# ------------------------------------------------------------------------- jaxlenet's LeNets
+# ------------------------------------------------------------------ jaxlenet's networks
+
+
+def check_gluon(model) -> None:
+    """Raises ``ParamsError`` unless ``model``'s network is one Gluon's ``nn.Sequential`` can
+    express layer for layer (Conv2D, MaxPool2D/AvgPool2D, Dense, Activation, Flatten), so that
+    its ``.params`` names and shapes are Gluon's."""
+    if model.spec is None:
+        raise ParamsError(f"the network {model.name!r} is defined in code; only a network "
+                          "given as a spec maps onto Gluon's layers")
+    for layer in model.spec["layers"]:
+        if layer["kind"] == "pool" and layer["pool"] not in ("max", "avg"):
+            raise ParamsError(f"{model.name}'s layer {layer['name']} is a {layer['pool']} pool, "
+                              "which Gluon has no layer for (MaxPool2D and AvgPool2D only)")
 
 
 def to_params(arrays: dict[str, np.ndarray], model, name: str = "the file") -> dict:
     """jaxlenet's parameter tree for ``model`` (``models.build``) from a ``.params`` file's
     arrays, whatever their names: Gluon's (``0.weight``), prefixed (``lenet0_conv0_weight``,
     ``arg:conv0_weight``). Each layer's weight is found by its shape (a LeNet's are all
-    different), then its bias beside it; anything missing, left over or mis-shaped is refused."""
+    different; a network with two of one shape takes Gluon's ``index.weight`` names in order), then
+    its bias beside it; anything missing, left over or mis-shaped is refused."""
     groups = {}
     for key, value in arrays.items():
         match = re.fullmatch(r"(?:arg:|aux:)?(.*?)[._](weight|bias)", key)
@@ -127,10 +141,11 @@ def to_params(arrays: dict[str, np.ndarray], model, name: str = "the file") -> d
         groups.setdefault(match.group(1), {})[match.group(2)] = (key, value)
     template = _template(model)
     params, used = {}, set()
-    for layer, shapes in template.items():
-        found = [g for g, parts in groups.items()
-                 if "weight" in parts and parts["weight"][1].shape == shapes["weight"]]
-        if len(found) != 1:
+    for layer in (name for name, _ in model.layers if name in template):
+        shapes = template[layer]
+        found = [g for g, parts in groups.items() if g not in used
+                 and "weight" in parts and parts["weight"][1].shape == shapes["weight"]]
+        if not found:
             held = ", ".join(f"{parts['weight'][0]} {parts['weight'][1].shape}"
                              for parts in groups.values() if "weight" in parts)
             raise ParamsError(f"{name}: {model.name}'s {layer} needs a weight of shape "
@@ -151,6 +166,7 @@ def to_params(arrays: dict[str, np.ndarray], model, name: str = "the file") -> d
 def from_params(params: dict, model) -> dict[str, np.ndarray]:
     """The arrays Gluon's ``save_parameters`` writes for the tutorial's ``nn.Sequential`` of
     ``model``: ``"{index}.weight"`` and ``"{index}.bias"`` by the layer's place in it."""
+    check_gluon(model)
     arrays = {}
     for index, (layer, _) in enumerate(model.layers):
         if layer in params:

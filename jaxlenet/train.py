@@ -25,15 +25,18 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from jaxlenet import checkpoint, data, models, runs
+from jaxlenet import checkpoint, data, models, runs, specs
 from jaxlenet.devices import make_mesh, replicate, shard_examples, summed_over_batch_shards, to_host
 from jaxlenet.losses import softmax_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One training run; the command line is built from it and every checkpoint records it."""
-    model: str = "lenet"
+    """One training run; the command line is built from it and every checkpoint records it.
+    ``model`` is a built-in network's name (``specs.BUILTIN``), a spec (``jaxlenet.specs``,
+    validated and completed here), or the name of a network defined in code (``fit(...,
+    model=...)``)."""
+    model: str | dict = "lenet"
     epochs: int = 5
     batch_size: int = 96
     lr: float = 0.1
@@ -48,8 +51,11 @@ class Config:
     label_smoothing: float = 0.0
 
     def __post_init__(self):
-        if self.model not in models.MODELS:
-            raise ValueError(f"model {self.model!r} is not one of {tuple(models.MODELS)}")
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", specs.validate(self.model))
+        elif not isinstance(self.model, str) or not self.model:
+            raise TypeError(f"model must be a network's name or a spec (a dict), got "
+                            f"{self.model!r}")
         for name in ("epochs", "batch_size", "seed", "limit"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, int)) and not (
@@ -82,6 +88,11 @@ class Config:
             raise ValueError(f"init {self.init!r} is not one of ('uniform', 'normal', 'xavier')")
         if self.impl not in models.IMPLS:
             raise ValueError(f"impl {self.impl!r} is not one of {models.IMPLS}")
+
+    @property
+    def network(self) -> str:
+        """The network's name: a built-in's, a spec's, or one defined in code."""
+        return self.model["name"] if isinstance(self.model, dict) else self.model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,10 +228,13 @@ def make_evaluate(model: models.Model, batch_size: int = 1000, *, mesh: Mesh | N
 # -------------------------------------------------------------------------------------------- fit
 
 
-def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | None = None):
+def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | None = None,
+                  model: models.Model | None = None):
     """(model, optimiser, params, opt_state, shuffle key) for a fresh run; the model in the
-    implementation ``config.impl`` picks for ``platform`` (default: JAX's default backend)."""
-    model, opt = _model_and_optimizer(config, steps_per_epoch, platform)
+    implementation ``config.impl`` picks for ``platform`` (default: JAX's default backend), or
+    ``model`` if given."""
+    model = model or build_model(config, platform)
+    opt = optimizer(config, steps_per_epoch)
 
     # One program for the whole state, not one per key split and optimiser leaf: a first run
     # compiles each.
@@ -240,21 +254,44 @@ def seed_key(seed: int) -> jax.Array:
     return jnp.asarray(np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32))
 
 
-def _model_and_optimizer(config: Config, steps_per_epoch: int, platform: str | None):
-    return (models.build(config.model, init=config.init, impl=config.impl, platform=platform),
-            optimizer(config, steps_per_epoch))
+def build_model(config: Config, platform: str | None = None) -> models.Model:
+    """The model ``config`` trains (a built-in network or a spec), in the implementation
+    ``config.impl`` picks for ``platform``."""
+    return models.build(config.model, init=config.init, impl=config.impl, platform=platform)
 
 
-def load_checkpoint(path, *, impl: str | None = None, platform: str | None = None):
+class DefinedInCode(checkpoint.CheckpointError):
+    """A checkpoint of a network defined in code: only that code can rebuild it."""
+
+
+def load_checkpoint(path, *, impl: str | None = None, platform: str | None = None,
+                    model: models.Model | None = None):
     """(config, model, params, opt_state, shuffle key, epochs done) from a checkpoint file or the
-    run directory holding one. The model runs the implementation the run chose for ``platform``
-    (``config.impl``), or ``impl`` if given: parameters are the same in every implementation.
-    Raises ``CheckpointError`` for a file that is damaged or does not fit the model."""
+    run directory holding one. The network is the one the checkpoint records (its spec; a
+    checkpoint older than specs names a built-in network), or ``model`` if given, which a
+    network defined in code needs. The model runs the implementation the run chose for
+    ``platform`` (``config.impl``), or ``impl`` if given: parameters are the same in every
+    implementation. Raises ``CheckpointError`` for a file that is damaged or does not fit the
+    model, ``DefinedInCode`` for a network defined in code when no ``model`` is given."""
     path = _checkpoint_file(path)
     meta, arrays = checkpoint.read(path)
     config, epoch = _recorded_run(meta, path)
-    model, opt = _model_and_optimizer(dataclasses.replace(config, impl=impl or config.impl), 1,
-                                      platform)
+    if model is None:
+        if "spec" in meta and meta["spec"] is None:
+            raise DefinedInCode(
+                f"{path}: the network {config.network!r} is defined in code, so jaxlenet cannot "
+                "rebuild it from the checkpoint; in Python, build it as you trained it and call "
+                "train.load_checkpoint(path, model=models.from_layers(...)), then "
+                "train.make_evaluate(model)")
+        # The network recorded (a later change of a built-in must not change an old run); a
+        # checkpoint from before specs were recorded names a built-in.
+        network = meta["spec"] if meta.get("spec") is not None else config.model
+        try:
+            model = models.build(network, init=config.init, impl=impl or config.impl,
+                                 platform=platform)
+        except specs.SpecError as exc:
+            raise checkpoint.CheckpointError(f"{path}: bad network in checkpoint ({exc})") from None
+    opt = optimizer(config, 1)
     # Shapes only: nothing is initialised (or compiled) just to be overwritten.
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     params = checkpoint.restore(arrays, "params", jax.eval_shape(model.init, key), finite=True)
@@ -277,11 +314,13 @@ def _checkpoint_file(path) -> pathlib.Path:
 
 
 def _recorded_run(meta: dict, path) -> tuple[Config, int]:
+    """The run's configuration and epochs done; the metadata is untrusted even behind a good
+    checksum."""
     try:
         config, epoch = Config.from_dict(meta["config"]), meta["epoch"]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise checkpoint.CheckpointError(
-            f"{path}: bad configuration in checkpoint ({exc})") from None
+            f"{path}: bad configuration in checkpoint ({str(exc)[:300]})") from None
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= config.epochs:
         raise checkpoint.CheckpointError(f"{path}: epoch {epoch!r} is not between 1 and the "
                                          f"run's {config.epochs} epochs")
@@ -291,7 +330,7 @@ def _recorded_run(meta: dict, path) -> tuple[Config, int]:
 def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: str = "auto",
         devices: int | None = None, log: Callable[[str], None] = print,
         warn: Callable[[str], None] | None = None, announce: Callable[[str], None] | None = None,
-        progress: bool = False):
+        progress: bool = False, model: models.Model | None = None):
     """Trains ``config`` on ``dataset`` = ((train_images, train_labels), (test_images,
     test_labels)) (uint8 (N, 28, 28), int labels). Per epoch: logs one line and, with an
     ``out_dir``, writes ``checkpoint.npz`` and ``metrics.jsonl`` there atomically.
@@ -303,7 +342,12 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
     evenly); only process 0 of a multi-process run writes files. A run still at chance level
     after an epoch is reported through ``warn`` (default: stderr), with the likely cause.
     ``announce``, if given, gets one line saying what trains where, once the run directory is
-    locked and checked. Returns (params, history: list of per-epoch dicts)."""
+    locked and checked. ``model`` (``models.from_layers``) trains a network defined in code in
+    place of ``config.model``, which then records its name; its checkpoint holds the weights,
+    and ``load_checkpoint(..., model=...)`` reads it. Returns (params, history: list of
+    per-epoch dicts)."""
+    if model is not None:
+        config = dataclasses.replace(config, model=model.spec or model.name)
     mesh = make_mesh(device, devices)
     if jax.process_index() == 0 and out_dir is not None:
         run = runs.open_run(out_dir, resume=resume, describe=lambda out: _taken(out, config))
@@ -311,10 +355,10 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
         run = contextlib.nullcontext()
     with run as out:
         return _fit(config, dataset, out, out_dir, resume, mesh, log, warn or _stderr, announce,
-                    progress)
+                    progress, model)
 
 
-def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progress):
+def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progress, model):
     """``fit`` in the locked run directory ``out`` (None on processes that write nothing)."""
     (train_x, train_y), (test_x, test_y) = dataset
     if config.limit is not None:
@@ -326,7 +370,8 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
     steps_per_epoch = steps_in_an_epoch(config, len(train_x))
     start, history = 0, []
     if resume:
-        saved, model, params, opt_state, key, start = load_checkpoint(out_dir, platform=platform)
+        saved, model, params, opt_state, key, start = load_checkpoint(out_dir, platform=platform,
+                                                                      model=model)
         check_resumable(saved, config, out_dir)
         history = runs.load_history(out_dir, warn=warn if out is not None else None)
         opt = optimizer(config, steps_per_epoch)
@@ -338,13 +383,20 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
             runs.write_metrics(out, history)
     else:
         model, opt, params, opt_state, key = initial_state(config, steps_per_epoch,
-                                                            platform=platform)
+                                                            platform=platform, model=model)
+    data_shape = (1, *train_x.shape[1:])
+    if model.input_shape != data_shape:
+        raise ValueError(f"the network {config.network!r} takes images {model.input_shape}; "
+                         f"the data's are {data_shape}")
 
     if announce is not None and jax.process_index() == 0:
         where = f", into {out}" if out is not None else ""
-        announce(f"jaxlenet: training {config.model} ({model.impl} implementation) on "
-                 f"{mesh.size} {platform} device(s), {jax.process_count()} process(es){where} "
-                 f"({json.dumps(config.to_dict())})")
+        flops = models.forward_flops(model)
+        announce(f"jaxlenet: training {config.network} ({model.impl} implementation, "
+                 f"{flops / 1e6:.2f} MFLOPs per image forward) on {mesh.size} {platform} "
+                 f"device(s), {jax.process_count()} process(es){where}\n"
+                 f"  layers: {'; '.join(model.placement)}\n"
+                 f"  ({json.dumps(config.to_dict())})")
     train_x, train_y, test_x, test_y = shard_examples((train_x, train_y, test_x, test_y), mesh)
     params, opt_state = replicate((params, opt_state), mesh)
     show = _progress_bar if progress and jax.process_index() == 0 else None
@@ -383,7 +435,7 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
             checkpoint.save(out / runs.CHECKPOINT,
                             to_host({"params": params, "opt_state": opt_state, "key": key}),
                             {"epoch": epoch, "config": config.to_dict(), "impl": model.impl,
-                             "history": history})
+                             "spec": model.spec, "history": history})
             runs.write_metrics(out, history)
     return to_host(params), history
 
@@ -409,9 +461,9 @@ def chance_advice(config: Config, steps: int | None = None) -> str:
                 f"without it, far too large: lower --lr (the default is {Config.lr:g}), or use "
                 "--momentum 0 "
                 "for the tutorial's lr 0.5 (--recipe tutorial)")
-    if step > 2 and config.model == "lenet":
+    if step > 2 and config.network == "lenet":
         return f"lr {config.lr:g} is too large for this recipe: lower --lr"
-    if config.model == "lenet5":
+    if config.network == "lenet5":
         return ("LeNet-5's sigmoids can take a few epochs to leave chance (the tutorial's run "
                 "does); if it ends there, raise --lr or train for more --epochs")
     if steps is not None and steps < 200:
@@ -470,13 +522,14 @@ def save_trained(out_dir, config: Config, params, *, source: str) -> pathlib.Pat
     ``config`` in ``out_dir`` (locked, refused if it holds a run): a checkpoint that
     ``load_checkpoint``, ``jaxlenet evaluate`` and ``predict`` take like any other."""
     with runs.open_run(out_dir, resume=False) as out:
-        _, _, template, opt_state, key = initial_state(config)
+        model, _, template, opt_state, key = initial_state(config)
         arrays = {f"params{key}": value for key, value in checkpoint.flatten(params).items()}
         params = checkpoint.restore(arrays, "params", template, finite=True)
         checkpoint.save(out / runs.CHECKPOINT,
                         to_host({"params": params, "opt_state": opt_state, "key": key}),
                         {"epoch": config.epochs, "config": config.to_dict(),
-                         "impl": "reference", "history": [], "source": source})
+                         "impl": "reference", "spec": model.spec, "history": [],
+                         "source": source})
         return out
 
 

@@ -16,8 +16,8 @@ def main():
     parser.add_argument("--data-dir")
     args = parser.parse_args()
 
-    for name, shape, _, _ in models.summary(models.build("lenet5", init="xavier")):
-        print(f"{name} output shape:\t {shape}")
+    for row in models.summary(models.build("lenet5", init="xavier")):
+        print(f"{row.name} output shape:\t {row.shape}")
     config = train.Config(**{**train.RECIPES["tutorial-lenet5"], "epochs": args.epochs,
                              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                              "limit": args.limit})

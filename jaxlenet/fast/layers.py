@@ -16,10 +16,10 @@ from jaxlenet.fast import kernels
 from jaxlenet.fast.conv2d import conv
 from jaxlenet.fast.conv_pool import conv_max_pool
 from jaxlenet.fast.pool import max_pool
-from jaxlenet.layers import Activation, serial
+from jaxlenet.layers import serial
 
-__all__ = ["Conv", "Pool", "Dense", "Activation", "Flatten", "fuse_conv_pool",
-           "convolutions_on_kernels", "serial"]
+__all__ = ["Conv", "Pool", "Dense", "Activation", "Flatten", "fuse_conv_pool", "channels_last",
+           "convolutions_on_kernels", "placement", "serial"]
 
 _LAYOUT = "NHWC"
 
@@ -87,7 +87,11 @@ def Pool(window, *, kind: str = "max", stride=None, padding=0, **options) -> Poo
     return PoolLayer(reference, window, block_max)
 
 
-def Dense(out_units: int, **options) -> layers.Layer:
+class ChannelsLastLayer(layers.Layer):
+    """A ``layers.Layer`` that takes channels-last data: one of this module's."""
+
+
+def Dense(out_units: int, **options) -> ChannelsLastLayer:
     """``layers.Dense`` for channels-last data: it flattens (N, H, W, C) in channels-first
     order, as the reference flattens (N, C, H, W), so its weight is the reference's."""
     reference = layers.Dense(out_units, **options)
@@ -95,13 +99,51 @@ def Dense(out_units: int, **options) -> layers.Layer:
     def apply(params, x):
         return reference.apply(params, jnp.moveaxis(x, -1, 1) if x.ndim > 2 else x)
 
-    return layers.Layer(reference.init, apply, reference.describe)
+    return ChannelsLastLayer(reference.init, apply, reference.describe)
 
 
-def Flatten() -> layers.Layer:
+def Flatten() -> ChannelsLastLayer:
     """``layers.Flatten`` for channels-last data: (N, features) in channels-first order, so dense
     weights are the reference's."""
-    return layers.Flatten(layout=_LAYOUT)
+    return ChannelsLastLayer(*layers.Flatten(layout=_LAYOUT))
+
+
+def Activation(kind: str) -> ChannelsLastLayer:
+    """``layers.Activation``: element by element, so the same on any layout."""
+    return ChannelsLastLayer(*layers.Activation(kind))
+
+
+_FAST_LAYERS = (ConvLayer, PoolLayer, ChannelsLastLayer)
+
+
+def _to_channels_first(shape):
+    return (shape[0], shape[-1], *shape[1:-1]) if len(shape) > 2 else tuple(shape)
+
+
+def _to_channels_last(shape):
+    return (shape[0], *shape[2:], shape[1]) if len(shape) > 2 else tuple(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelsFirst:
+    """A layer written for channels-first data (a reference layer, or one of your own) in a
+    channels-last network: images are moved to (N, C, H, W) and back around it."""
+    layer: layers.Layer
+
+    def init(self, key, in_shape):
+        out_shape, params = self.layer.init(key, _to_channels_first(in_shape))
+        return _to_channels_last(out_shape), params
+
+    def apply(self, params, x):
+        y = self.layer.apply(params, jnp.moveaxis(x, -1, 1) if x.ndim > 2 else x)
+        return jnp.moveaxis(y, 1, -1) if y.ndim > 2 else y
+
+
+def channels_last(named_layers):
+    """``(name, layer)`` pairs with every layer that is not one of this module's (a reference
+    layer, or one of your own) wrapped in ``ChannelsFirst``."""
+    return tuple((name, layer if isinstance(layer, _FAST_LAYERS) else ChannelsFirst(layer))
+                 for name, layer in named_layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +176,27 @@ def fuse_conv_pool(named_layers):
         else:
             fused.append((name, layer))
     return tuple(fused)
+
+
+def placement(named_layers, *, platform: str = "cpu") -> tuple[str, ...]:
+    """One line per ``(name, layer)`` pair of a fast network (after ``fuse_conv_pool``): what
+    runs it on ``platform``."""
+    on_kernels = platform == "cpu" and kernels.available()
+    lines = []
+    for name, layer in named_layers:
+        if isinstance(layer, ConvMaxPool):
+            where = ("convolution and max pool fused, C++ kernels" if on_kernels
+                     and layer.conv.plain else "convolution and max pool fused, XLA")
+        elif isinstance(layer, ConvLayer):
+            where = "C++ kernels" if on_kernels and layer.plain else "XLA, channels-last"
+        elif isinstance(layer, PoolLayer):
+            where = "block max pool" if layer.block_max else "reference pool, channels-last"
+        elif isinstance(layer, ChannelsFirst):
+            where = "as written, channels-first"
+        else:
+            where = "XLA"
+        lines.append(f"{name}: {where}")
+    return tuple(lines)
 
 
 def convolutions_on_kernels(named_layers) -> bool:
