@@ -16,9 +16,16 @@ import time
 import jax
 import numpy as np
 
-from jaxlenet import data, devices, models, train
+from jaxlenet import data, devices, models, specs, train
 
+# Plain SGD at the tutorial's rates; a network of your own trains at lr 0.1 with its spec's init.
 RECIPES = {"lenet": dict(lr=0.1, init="uniform"), "lenet5": dict(lr=0.9, init="xavier")}
+
+
+def _recipe(network) -> dict:
+    spec = specs.resolve(network)
+    return RECIPES.get(network, {}) if isinstance(network, str) else dict(lr=0.1,
+                                                                          init=spec["init"])
 
 
 def training_flops(model: models.Model) -> int:
@@ -60,7 +67,7 @@ class _JaxRun:
         (train_x, train_y), (test_x, test_y) = dataset
         self.config = train.Config(model=name, batch_size=batch_size, momentum=0.0,
                                    weight_decay=0.0, schedule="constant", impl=impl,
-                                   **RECIPES[name])
+                                   **_recipe(name))
         self.model, opt, params, opt_state, self.key = train.initial_state(
             self.config, platform=device.platform)
         put = lambda a: jax.device_put(a, device)
@@ -92,27 +99,17 @@ class _JaxRun:
 
 
 class _TorchRun:
-    """The same network, initialisation scale, recipe and batches in PyTorch (CPU)."""
+    """The same network (built from its spec), recipe and batches in PyTorch (CPU)."""
 
     def __init__(self, name, dataset, batch_size):
         import torch
-        from torch import nn
 
         self.torch = torch
         (train_x, train_y), (test_x, test_y) = dataset
-        act = nn.ReLU if name == "lenet" else nn.Sigmoid
-        if name == "lenet":
-            layers = [nn.Conv2d(1, 20, 5), act(), nn.MaxPool2d(2), nn.Conv2d(20, 50, 3), act(),
-                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1250, 128), act(),
-                      nn.Linear(128, 10)]
-        else:
-            layers = [nn.Conv2d(1, 6, 5), act(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), act(),
-                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), act(),
-                      nn.Linear(120, 84), act(), nn.Linear(84, 10)]
         torch.manual_seed(0)
-        self.net = nn.Sequential(*layers)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=RECIPES[name]["lr"])
-        self.loss = nn.CrossEntropyLoss()
+        self.net = torch_network(specs.resolve(name))
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=_recipe(name)["lr"])
+        self.loss = torch.nn.CrossEntropyLoss()
         to_float = lambda x: torch.from_numpy(data.to_float_nchw(x))
         self.train_x, self.train_y = to_float(train_x), torch.from_numpy(train_y.astype(np.int64))
         self.test_x = to_float(test_x)
@@ -143,6 +140,54 @@ class _TorchRun:
         return time.perf_counter() - began
 
 
+def torch_network(spec: dict):
+    """The validated ``spec`` as a PyTorch ``nn.Sequential`` (PyTorch's default init): the same
+    layers, shapes and arithmetic."""
+    from torch import nn
+
+    activations = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+                   "softrelu": nn.Softplus, "softsign": nn.Softsign}
+    shape, layers = tuple(spec["input"]), []
+    for layer in spec["layers"]:
+        kind, function = layer["kind"], layer.get("activation")
+        if kind == "conv":
+            layers.append(nn.Conv2d(shape[0], layer["channels"], layer["kernel"],
+                                    stride=layer["stride"], padding=layer["padding"],
+                                    dilation=layer["dilation"], groups=layer["groups"]))
+        elif kind == "pool":
+            options = dict(stride=layer["stride"] or layer["window"], padding=layer["padding"])
+            if layer["pool"] == "max":
+                layers.append(nn.MaxPool2d(layer["window"], **options))
+            elif layer["pool"] == "avg":
+                layers.append(nn.AvgPool2d(layer["window"], **options))
+            else:  # a sum pool is an average pool over the window times its area
+                window = layer["window"] if isinstance(layer["window"], list) else [layer["window"]] * 2
+                layers += [nn.AvgPool2d(layer["window"], **options),
+                           _Scale(window[0] * window[1])]
+        elif kind == "dense":
+            if len(shape) > 1:
+                layers.append(nn.Flatten())
+            layers.append(nn.Linear(int(np.prod(shape)), layer["units"]))
+        elif kind == "flatten":
+            layers.append(nn.Flatten())
+        else:
+            function = layer["function"]
+        if function is not None:
+            layers.append(activations[function]())
+        shape = specs.output_shape(layer, shape)
+    return nn.Sequential(*layers)
+
+
+def _Scale(factor: float):
+    from torch import nn
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * factor
+
+    return Scale()
+
+
 def _seconds(t: float) -> float:
     """``t`` to 4 significant digits: milliseconds would round away 2% of a 25 ms epoch."""
     return float(f"{t:.4g}")
@@ -156,12 +201,13 @@ def _torch_available() -> bool:
     return True
 
 
-def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch_size: int = 256,
+def run(models: tuple = ("lenet", "lenet5"), *, epochs: int = 2, batch_size: int = 256,
         limit: int | None = None, torch: bool = True, device: str = "auto", impl: str = "auto",
         log=print) -> dict:
     """Times ``epochs`` training epochs per model and framework after one warm-up epoch each,
     interleaved (JAX, PyTorch, JAX, ...), and inference over the 10,000 test images. Returns a
-    JSON-able report; ``log`` (if given) gets human-readable lines as results arrive."""
+    JSON-able report; ``log`` (if given) gets human-readable lines as results arrive. A model is
+    a built-in network's name or a spec (``jaxlenet.specs``)."""
     say = log or (lambda _: None)
     target = devices.select_device(device)
     train_set, test_set, source = _load_dataset(limit)
@@ -172,9 +218,10 @@ def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch
     say(f"device {report['device']}, jax {jax.__version__}, {os.cpu_count()} cores; "
         f"{report['train_examples']:,} training images ({source}), batch {batch_size}")
 
+    networks = {specs.resolve(model)["name"]: model for model in models}
     runs = {}
-    for name in models:
-        runs[name] = _JaxRun(name, (train_set, test_set), batch_size, target, impl)
+    for name, network in networks.items():
+        runs[name] = _JaxRun(network, (train_set, test_set), batch_size, target, impl)
         runs[name].train_epoch()  # warm-up
         runs[name].infer()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -190,12 +237,12 @@ def run(models: tuple[str, ...] = ("lenet", "lenet5"), *, epochs: int = 2, batch
         import torch as torch_module
         report["torch"] = torch_module.__version__
         report["torch_threads"] = torch_module.get_num_threads()
-        for name in models:
-            torch_runs[name] = _TorchRun(name, (train_set, test_set), batch_size)
+        for name, network in networks.items():
+            torch_runs[name] = _TorchRun(network, (train_set, test_set), batch_size)
             torch_runs[name].train_epoch()  # warm-up
             torch_runs[name].infer()
 
-    for name in models:
+    for name in networks:
         jax_run = runs[name]
         jax_times, torch_times = [], []
         for _ in range(epochs):

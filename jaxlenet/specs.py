@@ -197,9 +197,14 @@ def _layer(index: int, layer, counts: dict) -> dict:
     missing = [field for field in _REQUIRED[kind] if field not in layer]
     if missing:
         raise SpecError(f"{where}: missing field {missing[0]!r}")
-    record = {"kind": kind, "name": name, **copy.deepcopy(_OPTIONAL[kind]),
-              **{k: copy.deepcopy(v) for k, v in layer.items() if k not in ("kind", "name")}}
-    return record
+    given = {**_OPTIONAL[kind], **layer}
+    return {"kind": kind, "name": name, **{field: copy.deepcopy(given[field])
+                                           for field in (*_REQUIRED[kind], *_OPTIONAL[kind])}}
+
+
+def output_shape(layer: dict, shape) -> tuple[int, ...]:
+    """The output shape (no batch axis) of a validated spec's ``layer`` on ``shape``."""
+    return _output(f"layer {layer['name']}", layer, tuple(shape))[0]
 
 
 def _output(where: str, layer: dict, shape: tuple) -> tuple[tuple, int]:
