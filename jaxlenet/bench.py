@@ -188,6 +188,18 @@ def _Scale(factor: float):
     return Scale()
 
 
+def torch_epochs(model="lenet", *, epochs: int = 2, batch_size: int = 256) -> list[float]:
+    """Seconds of each of ``epochs`` PyTorch training epochs (after a warm-up) of ``model`` on
+    the training set: the yardstick for a whole ``jaxlenet train`` measured on the same machine.
+    Raises ImportError without PyTorch."""
+    import torch  # noqa: F401
+
+    train_set, test_set, _ = _load_dataset(None)
+    run = _TorchRun(model, (train_set, test_set), batch_size)
+    run.train_epoch()
+    return [run.train_epoch() for _ in range(epochs)]
+
+
 def _seconds(t: float) -> float:
     """``t`` to 4 significant digits: milliseconds would round away 2% of a 25 ms epoch."""
     return float(f"{t:.4g}")

@@ -185,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="A network's layers with their output shapes, parameters and forward FLOPs "
                     "per image (a multiply-add counts 2); with --spec, its spec as JSON, to save "
                     "and edit (then: jaxlenet train --model FILE.json).")
-    summary.add_argument("--model", type=_network, default="lenet",
-                         metavar="lenet|lenet5|mlp|FILE.json")
+    summary.add_argument("--model", type=_network, metavar="lenet|lenet5|mlp|FILE.json",
+                         help="the network (default: lenet)")
+    summary.add_argument("--checkpoint", metavar="DIR",
+                         help="the network a run trained, from its checkpoint alone")
     summary.add_argument("--batch-size", type=_positive_int, default=1)
     summary.add_argument("--spec", action="store_true", help="print the network's spec as JSON")
 
@@ -382,12 +384,16 @@ def _predict(args) -> int:
 
 
 def _summary(args) -> int:
-    from jaxlenet import models, specs
+    from jaxlenet import models, specs, train
 
+    if args.checkpoint is not None and args.model is not None:
+        raise UsageError("--model and --checkpoint name a network each: give one")
+    network = (train.read_network(args.checkpoint) if args.checkpoint is not None
+               else args.model or "lenet")
     if args.spec:
-        print(specs.dumps(specs.resolve(args.model)))
+        print(specs.dumps(specs.resolve(network)))
     else:
-        print(models.format_summary(models.build(args.model), args.batch_size))
+        print(models.format_summary(models.build(network), args.batch_size))
     return 0
 
 

@@ -34,10 +34,10 @@ from jaxlenet.losses import softmax_cross_entropy
 class Config:
     """One training run; the command line is built from it and every checkpoint records it.
     ``model`` is a built-in network's name (``specs.BUILTIN``), a spec (``jaxlenet.specs``,
-    validated and completed here), or the name of a network defined in code (``fit(...,
-    model=...)``)."""
+    validated and completed here), or ``'code:NAME'`` for a network defined in code (what
+    ``fit(..., model=...)`` records)."""
     model: str | dict = "lenet"
-    epochs: int = 5
+    epochs: int = 6
     batch_size: int = 96
     lr: float = 0.1
     momentum: float = 0.9
@@ -53,9 +53,13 @@ class Config:
     def __post_init__(self):
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", specs.validate(self.model))
-        elif not isinstance(self.model, str) or not self.model:
+        elif not isinstance(self.model, str):
             raise TypeError(f"model must be a network's name or a spec (a dict), got "
                             f"{self.model!r}")
+        elif self.model not in specs.BUILTIN and not (
+                self.model.startswith(IN_CODE) and len(self.model) > len(IN_CODE)):
+            raise ValueError(f"model {self.model!r} is not one of {tuple(specs.BUILTIN)}, a "
+                             f"spec, or {IN_CODE}NAME (a network defined in code)")
         for name in ("epochs", "batch_size", "seed", "limit"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, int)) and not (
@@ -92,7 +96,9 @@ class Config:
     @property
     def network(self) -> str:
         """The network's name: a built-in's, a spec's, or one defined in code."""
-        return self.model["name"] if isinstance(self.model, dict) else self.model
+        if isinstance(self.model, dict):
+            return self.model["name"]
+        return self.model.removeprefix(IN_CODE)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,6 +110,8 @@ class Config:
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")
+# Config.model of a network defined in code: its checkpoint cannot rebuild it.
+IN_CODE = "code:"
 # A batch larger than this would not fit in memory, nor in the dataset.
 MAX_BATCH_SIZE = 60_000
 
@@ -277,20 +285,9 @@ def load_checkpoint(path, *, impl: str | None = None, platform: str | None = Non
     meta, arrays = checkpoint.read(path)
     config, epoch = _recorded_run(meta, path)
     if model is None:
-        if "spec" in meta and meta["spec"] is None:
-            raise DefinedInCode(
-                f"{path}: the network {config.network!r} is defined in code, so jaxlenet cannot "
-                "rebuild it from the checkpoint; in Python, build it as you trained it and call "
-                "train.load_checkpoint(path, model=models.from_layers(...)), then "
-                "train.make_evaluate(model)")
-        # The network recorded (a later change of a built-in must not change an old run); a
-        # checkpoint from before specs were recorded names a built-in.
-        network = meta["spec"] if meta.get("spec") is not None else config.model
-        try:
-            model = models.build(network, init=config.init, impl=impl or config.impl,
-                                 platform=platform)
-        except specs.SpecError as exc:
-            raise checkpoint.CheckpointError(f"{path}: bad network in checkpoint ({exc})") from None
+        network = _recorded_network(meta, config, path)
+        model = models.build(network, init=config.init, impl=impl or config.impl,
+                             platform=platform)
     opt = optimizer(config, 1)
     # Shapes only: nothing is initialised (or compiled) just to be overwritten.
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -299,6 +296,31 @@ def load_checkpoint(path, *, impl: str | None = None, platform: str | None = Non
                                    finite=True)
     key = checkpoint.restore(arrays, "key", key)
     return config, model, params, opt_state, key, epoch
+
+
+def read_network(path) -> dict:
+    """The spec of the network the checkpoint in run directory ``path`` (or checkpoint file
+    ``path``) trained; raises ``CheckpointError``, ``DefinedInCode`` for a network defined in
+    code."""
+    path = _checkpoint_file(path)
+    meta = checkpoint.read(path)[0]
+    return _recorded_network(meta, _recorded_run(meta, path)[0], path)
+
+
+def _recorded_network(meta: dict, config: Config, path) -> dict:
+    """The validated spec a checkpoint records (a later change of a built-in must not change an
+    old run); a checkpoint from before specs were recorded names a built-in."""
+    if (isinstance(config.model, str) and config.model.startswith(IN_CODE)) or (
+            "spec" in meta and meta["spec"] is None):
+        raise DefinedInCode(
+            f"{path}: the network {config.network!r} is defined in code, so jaxlenet cannot "
+            "rebuild it from the checkpoint; in Python, build it as you trained it and call "
+            "train.load_checkpoint(path, model=models.from_layers(...)), then "
+            "train.make_evaluate(model)")
+    try:
+        return specs.resolve(meta["spec"] if meta.get("spec") is not None else config.model)
+    except specs.SpecError as exc:
+        raise checkpoint.CheckpointError(f"{path}: bad network in checkpoint ({exc})") from None
 
 
 def read_run(path) -> tuple[Config, int]:
@@ -347,7 +369,7 @@ def fit(config: Config, dataset, *, out_dir=None, resume: bool = False, device: 
     and ``load_checkpoint(..., model=...)`` reads it. Returns (params, history: list of
     per-epoch dicts)."""
     if model is not None:
-        config = dataclasses.replace(config, model=model.spec or model.name)
+        config = dataclasses.replace(config, model=model.spec or IN_CODE + model.name)
     mesh = make_mesh(device, devices)
     if jax.process_index() == 0 and out_dir is not None:
         run = runs.open_run(out_dir, resume=resume, describe=lambda out: _taken(out, config))
@@ -392,11 +414,11 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
     if announce is not None and jax.process_index() == 0:
         where = f", into {out}" if out is not None else ""
         flops = models.forward_flops(model)
-        announce(f"jaxlenet: training {config.network} ({model.impl} implementation, "
-                 f"{flops / 1e6:.2f} MFLOPs per image forward) on {mesh.size} {platform} "
-                 f"device(s), {jax.process_count()} process(es){where}\n"
-                 f"  layers: {'; '.join(model.placement)}\n"
-                 f"  ({json.dumps(config.to_dict())})")
+        announce(f"jaxlenet: training {config.network} ({model.impl} implementation) on "
+                 f"{mesh.size} {platform} device(s), {jax.process_count()} process(es){where} "
+                 f"({json.dumps(config.to_dict())})\n"
+                 f"jaxlenet: {flops / 1e6:.2f} MFLOPs per image forward; "
+                 f"{'; '.join(model.placement)}")
     train_x, train_y, test_x, test_y = shard_examples((train_x, train_y, test_x, test_y), mesh)
     params, opt_state = replicate((params, opt_state), mesh)
     show = _progress_bar if progress and jax.process_index() == 0 else None

@@ -1,8 +1,9 @@
 """Writes MXNet-trained LeNets for tests/test_mxnet_params.py, with the real MXNet 1.9.1: each
-of the tutorials' Gluon LeNets (lenet: ReLU; lenet5: sigmoid) trained briefly on Fashion-MNIST,
-saved as Gluon saves it (``net.save_parameters``) and, for lenet5, as ``nd.save`` of its
-prefixed parameter names (``net.collect_params().save``), with its logits on the first 100 test
-images.
+of the tutorials' Gluon LeNets (lenet: ReLU; lenet5: sigmoid) and one changed network as the
+exercises change it (lenet-avg: 6 and 16 filters, average pooling; its jaxlenet spec is written
+beside it as lenet-avg.json) trained briefly on Fashion-MNIST, saved as Gluon saves it
+(``net.save_parameters``) and, for lenet5, as ``nd.save`` of its prefixed parameter names
+(``net.collect_params().save``), with its logits on the first 100 test images.
 
     python3 -m venv /tmp/mx && /tmp/mx/bin/pip install mxnet==1.9.1 "numpy<1.24"
     /tmp/mx/bin/python scripts/make_mxnet_lenets.py tests/fixtures/mxnet
@@ -11,6 +12,7 @@ Fashion-MNIST is read from Debian's package (/usr/share/datasets/fashion-mnist),
 """
 
 import gzip
+import json
 import os
 import sys
 
@@ -36,6 +38,12 @@ def gluon_lenet(nn, name):
                     nn.Conv2D(channels=50, kernel_size=3, activation="relu"),
                     nn.MaxPool2D(pool_size=2, strides=2), nn.Flatten(),
                     nn.Dense(128, activation="relu"), nn.Dense(10))
+        elif name == "lenet-avg":
+            net.add(nn.Conv2D(channels=6, kernel_size=5, activation="relu"),
+                    nn.AvgPool2D(pool_size=2, strides=2),
+                    nn.Conv2D(channels=16, kernel_size=5, activation="relu"),
+                    nn.AvgPool2D(pool_size=2, strides=2), nn.Flatten(),
+                    nn.Dense(120, activation="relu"), nn.Dense(10))
         else:
             net.add(nn.Conv2D(channels=6, kernel_size=5, activation="sigmoid"),
                     nn.MaxPool2D(pool_size=2, strides=2),
@@ -55,7 +63,8 @@ def main(out_dir):
     train_y = read_idx("train-labels-idx1-ubyte.gz")[:6400].astype(np.float32)
     test_x = read_idx("t10k-images-idx3-ubyte.gz")[:100].astype(np.float32)[:, None] / 255
     logits = {}
-    recipes = (("lenet", 0.5, mx.init.Uniform(0.07)), ("lenet5", 0.9, mx.init.Xavier()))
+    recipes = (("lenet", 0.5, mx.init.Uniform(0.07)), ("lenet5", 0.9, mx.init.Xavier()),
+               ("lenet-avg", 0.5, mx.init.Uniform(0.07)))
     for name, lr, init in recipes:
         net = gluon_lenet(gluon.nn, name)
         net.initialize(init)
@@ -74,6 +83,20 @@ def main(out_dir):
         print(name, "trained; accuracy on the 100 images:",
               float((logits[name].argmax(1) == read_idx("t10k-labels-idx1-ubyte.gz")[:100]).mean()))
     np.savez(os.path.join(out_dir, "lenets_logits.npz"), mxnet=np.array(mx.__version__), **logits)
+    with open(os.path.join(out_dir, "lenet-avg.json"), "w") as f:
+        json.dump(LENET_AVG, f, indent=1)
+        f.write("\n")
+
+
+# lenet-avg as a jaxlenet spec (jaxlenet.specs): what `jaxlenet import-mxnet --model` takes.
+LENET_AVG = {"name": "lenet-avg", "input": [1, 28, 28], "init": "uniform", "layers": [
+    {"kind": "conv", "channels": 6, "kernel": 5, "activation": "relu"},
+    {"kind": "pool", "pool": "avg", "window": 2},
+    {"kind": "conv", "channels": 16, "kernel": 5, "activation": "relu"},
+    {"kind": "pool", "pool": "avg", "window": 2},
+    {"kind": "flatten"},
+    {"kind": "dense", "units": 120, "activation": "relu"},
+    {"kind": "dense", "units": 10}]}
 
 
 if __name__ == "__main__":

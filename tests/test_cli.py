@@ -66,6 +66,13 @@ def test_gpu_that_is_absent_is_a_clear_error(capsys, tmp_path):
     assert code == 2 and "no GPU" in err
 
 
+def assert_within_images(accuracy: float, expected: float, images: int = 3) -> None:
+    """Two programs' accuracies on the 10,000 test images agree to ``images`` images: the order
+    of a float32 sum (the CPU's vector width, the implementation) decides the few images whose
+    two best scores are closer than its rounding."""
+    assert abs(accuracy - expected) <= images / 10_000 + 1e-9, (accuracy, expected)
+
+
 @REAL_DATA
 def test_train_evaluate_predict_resume(capsys, tmp_path):
     out = tmp_path / "run"
@@ -84,8 +91,10 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
     assert code == 0
     assert f"test acc {record['test_acc']:.4f}" in stdout and "fast implementation" in stdout
     code, stdout, _ = run_cli(capsys, "evaluate", "--checkpoint", str(out), "--impl", "reference")
-    assert code == 0
-    assert f"test acc {record['test_acc']:.4f}" in stdout and "reference implementation" in stdout
+    assert code == 0 and "reference implementation" in stdout
+    # Another program (the reference's sums in another order) may move a test image whose two
+    # best scores are within float32's rounding: a few of 10,000, never more.
+    assert_within_images(float(stdout.split("test acc ")[1].split()[0]), record["test_acc"])
 
     # The exported model, run without jaxlenet, classifies the test set as evaluate does.
     code, _, _ = run_cli(capsys, "export", "--checkpoint", str(out), "--out",
@@ -96,7 +105,7 @@ def test_train_evaluate_predict_resume(capsys, tmp_path):
     (_, _), (test_x, test_y) = data.load_fashion_mnist()
     logits = np.concatenate([exported.call(data.to_float_nchw(test_x[i:i + 2500]))
                              for i in range(0, len(test_x), 2500)])
-    assert f"{np.mean(logits.argmax(1) == test_y):.4f}" == f"{record['test_acc']:.4f}"
+    assert_within_images(float(np.mean(logits.argmax(1) == test_y)), record["test_acc"])
 
     code, _, err = run_cli(capsys, "train", "--epochs", "2", "--limit", "2048",
                            "--batch-size", "64", "--schedule", "constant", "--out", str(out))

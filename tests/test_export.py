@@ -100,6 +100,40 @@ def test_export_writes_stablehlo_that_runs_without_jaxlenet(tmp_path, capsys):
                                    train.predict(model, params, images), rtol=1e-4, atol=1e-6)
 
 
+def test_the_exported_model_needs_only_jax_and_flatbuffers(tmp_path):
+    """In a fresh Python where importing jaxlenet fails, the exported file loads and runs with
+    jax (and flatbuffers, which deserialize needs) alone."""
+    import subprocess
+    import sys
+
+    dataset = small_dataset(n_train=128, n_test=20)
+    train.fit(train.Config(epochs=1, batch_size=64), dataset, out_dir=tmp_path / "run",
+              log=lambda _: None)
+    out = tmp_path / "lenet.stablehlo"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out)]) == 0
+    images = data.to_float_nchw(dataset[1][0][:5])
+    np.save(tmp_path / "images.npy", images)
+    _, model, params, _, _, _ = train.load_checkpoint(tmp_path / "run")
+    code = (
+        "import sys\n"
+        "class NoJaxlenet:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'jaxlenet':\n"
+        "            raise ImportError('jaxlenet is not installed here')\n"
+        "sys.meta_path.insert(0, NoJaxlenet())\n"
+        "import numpy as np, jax, flatbuffers\n"
+        f"exported = jax.export.deserialize(bytearray(open({str(out)!r}, 'rb').read()))\n"
+        f"logits = exported.call(np.load({str(tmp_path / 'images.npy')!r}))\n"
+        "assert 'jaxlenet' not in sys.modules\n"
+        f"np.save({str(tmp_path / 'logits.npy')!r}, np.asarray(logits))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                          "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), model.apply(params, images),
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["export", "--checkpoint", "/no/such/run", "--out", "x"], "no checkpoint"),
     (["export", "--checkpoint", "RUN", "--out", "/no/such/dir/model.stablehlo"], "no directory"),

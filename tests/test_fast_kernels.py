@@ -25,15 +25,41 @@ def _can_run_kernels():
     return "avx512f" in flags or ("avx2" in flags and "fma" in flags)
 
 
-# Where they can run, they must: a broken build would otherwise pass as the slow path.
-needs_kernels = pytest.mark.skipif(not _can_run_kernels(),
-                                   reason="needs x86-64 with AVX-512 or AVX2 and FMA, and g++")
+# Where they can run, they must (unless JAXLENET_CPU_KERNELS=0 turns them off for the whole
+# run): a broken build would otherwise pass as the slow path.
+needs_kernels = pytest.mark.skipif(
+    not _can_run_kernels() or os.environ.get("JAXLENET_CPU_KERNELS") == "0",
+    reason="needs x86-64 with AVX-512 or AVX2 and FMA, and g++, and the kernels on")
 
 
 @needs_kernels
 def test_kernels_build_and_register():
-    assert os.environ.get("JAXLENET_CPU_KERNELS", "1") != "0"
     assert fast.kernels_available()
+
+
+@pytest.mark.skipif(not _can_run_kernels(), reason="needs x86-64 with AVX2 and FMA, and g++")
+def test_the_switch_picks_a_build_the_cpu_has(monkeypatch):
+    with open("/proc/cpuinfo") as f:
+        has_avx512 = "avx512f" in f.read()
+    try:
+        for value, want in (("avx2", "avx2"), ("AVX2", "avx2"),
+                            ("1", "avx512" if has_avx512 else "avx2")):
+            monkeypatch.setenv("JAXLENET_CPU_KERNELS", value)
+            kernels.instruction_set.cache_clear()
+            assert kernels.instruction_set() == want
+        monkeypatch.setenv("JAXLENET_CPU_KERNELS", "sse")
+        kernels.instruction_set.cache_clear()
+        with pytest.warns(UserWarning, match="JAXLENET_CPU_KERNELS='sse' is not one of 0, 1"):
+            assert kernels.instruction_set() in ("avx2", "avx512")
+        if not has_avx512:
+            monkeypatch.setenv("JAXLENET_CPU_KERNELS", "avx512")
+            kernels.instruction_set.cache_clear()
+            with pytest.warns(UserWarning, match="this CPU lacks it; the kernels run as with 1 "
+                              r"\(avx2\)"):
+                assert kernels.instruction_set() == "avx2"
+    finally:
+        monkeypatch.undo()
+        kernels.instruction_set.cache_clear()
 
 
 def _exact_conv(x, w, b, pad):

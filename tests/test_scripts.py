@@ -106,3 +106,22 @@ def test_gluon_lenet_and_lenet5():
                  "dense2 output shape:\t (1, 10)"):
         assert line in out
     assert re.search(r"epoch 1  loss [\d.]+  train acc [\d.]+  test acc [\d.]+  time", out)
+
+
+@REAL_DATA
+def test_the_exercises_script_prints_every_variant(tmp_path):
+    out = run("exercises.py", "--limit", "512", "--epochs", "1", "--save-specs", str(tmp_path))
+    rows = {row["variant"]: row for row in map(json.loads, re.findall(r"^\{.*\}$", out, re.M))}
+    assert set(rows) == {"filters-6-16", "lenet", "filters-40-100", "kernels-3", "kernels-5",
+                         "kernels-7", "avg-pool", "mlp"}
+    # Parameters by hand: conv (k*k*in + 1) * out, dense (in + 1) * out.
+    assert rows["lenet"]["parameters"] == 26 * 20 + (180 + 1) * 50 + 1251 * 128 + 129 * 10
+    assert rows["filters-6-16"]["parameters"] == 26 * 6 + (54 + 1) * 16 + 401 * 128 + 129 * 10
+    assert rows["kernels-7"]["parameters"] == 50 * 20 + (980 + 1) * 50 + 201 * 128 + 129 * 10
+    assert rows["mlp"]["parameters"] == 785 * 256 + 257 * 10
+    assert rows["lenet"]["mflops"] > 6 * rows["mlp"]["mflops"]
+    for row in rows.values():
+        assert 0 <= row["test_acc"] <= 1 and row["seconds"] > 0
+    assert "| variant | parameters | MFLOPs/image | s/epoch | test acc after 1 epochs |" in out
+    assert "cpu vs gpu: skipped" in out or "(gpu, reference" in out
+    assert json.loads((tmp_path / "avg-pool.json").read_text())["layers"][1]["pool"] == "avg"

@@ -333,6 +333,8 @@ def test_a_spec_file_trains_and_its_checkpoint_alone_rebuilds_it(capsys, tmp_pat
     meta, _ = checkpoint.read(out / runs.CHECKPOINT)
     assert meta["spec"] == specs.validate(AVERAGE_6_16)
     path.unlink()  # the checkpoint needs nothing but itself
+    code, stdout, _ = run_cli(capsys, "summary", "--checkpoint", out, "--spec")
+    assert code == 0 and json.loads(stdout) == specs.validate(AVERAGE_6_16)
     code, stdout, _ = run_cli(capsys, "evaluate", "--checkpoint", out)
     assert code == 0 and stdout.startswith("lenet-avg after epoch 1: ")
     test_acc = json.loads((out / "metrics.jsonl").read_text())["test_acc"]

@@ -8,7 +8,8 @@ with. The source is compiled on first use, or by ``kernels.build()`` (which
 the library's SHA-256 beside it: a library that does not match it (truncated, replaced, empty) is
 rebuilt, never loaded. Building needs a C++ compiler (``$CXX``, ``g++`` or ``c++``) and an x86-64
 CPU with AVX-512, or AVX2 and FMA; without them jaxlenet warns once and runs XLA's formulation.
-``JAXLENET_CPU_KERNELS=0`` turns the kernels off.
+``JAXLENET_CPU_KERNELS=0`` turns the kernels off; ``JAXLENET_CPU_KERNELS=avx2`` (or ``avx512``)
+runs that build of them, where the CPU has it (an AVX-512 machine can run the AVX2 build).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _on_cpu(kernel, fallback, *args):
 def available() -> bool:
     """Whether the kernels are built, this CPU runs them, and XLA knows them (built and registered
     now if need be)."""
-    if os.environ.get("JAXLENET_CPU_KERNELS", "1") == "0" or instruction_set() is None:
+    if _switch() == "0" or instruction_set() is None:
         return False
     try:
         library = ctypes.CDLL(str(build()))
@@ -170,10 +171,22 @@ def available() -> bool:
     return True
 
 
+def _switch() -> str:
+    """``$JAXLENET_CPU_KERNELS``: '0' (off), '1' (on, the widest build; the default) or the name
+    of an instruction set whose build to run."""
+    value = os.environ.get("JAXLENET_CPU_KERNELS", "1").strip().lower()
+    if value not in ("0", "1", *_INSTRUCTION_SETS):
+        warnings.warn(f"JAXLENET_CPU_KERNELS={value!r} is not one of 0, 1, "
+                      f"{', '.join(_INSTRUCTION_SETS)}: the kernels run as with 1", stacklevel=3)
+        return "1"
+    return value
+
+
 @functools.cache
 def instruction_set() -> str | None:
-    """The widest of the kernels' instruction sets ("avx512", "avx2") this CPU has, or None (not
-    x86-64, neither set, or no /proc/cpuinfo to tell)."""
+    """The instruction set ("avx512", "avx2") whose build of the kernels runs: the widest this CPU
+    has, or the one ``$JAXLENET_CPU_KERNELS`` names if the CPU has it; None where there is none
+    (not x86-64, neither set, or no /proc/cpuinfo to tell)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
@@ -182,7 +195,16 @@ def instruction_set() -> str | None:
                           if line.startswith("flags")), set())
     except OSError:
         return None
-    return next((name for name, (needs, _) in _INSTRUCTION_SETS.items() if needs <= flags), None)
+    has = [name for name, (needs, _) in _INSTRUCTION_SETS.items() if needs <= flags]
+    wanted = _switch()
+    if wanted in _INSTRUCTION_SETS:
+        if wanted not in has:
+            warnings.warn(f"JAXLENET_CPU_KERNELS={wanted}: this CPU lacks it; the kernels run as "
+                          f"with 1 ({has[0] if has else 'off: the CPU has neither set'})",
+                          stacklevel=2)
+        else:
+            return wanted
+    return has[0] if has else None
 
 
 def build(isa: str | None = None) -> pathlib.Path:
