@@ -53,6 +53,16 @@ def save(path, state: dict, meta: dict) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def looks_like_one(path) -> bool:
+    """Whether ``path`` is a file that looks like a jaxlenet checkpoint (a zip archive holding
+    the metadata member), damaged or not: a file no writer of jaxlenet's may replace."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "__meta__.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def read(path) -> tuple[dict, dict[str, np.ndarray]]:
     """(meta, arrays by path) after checking the format and the checksum."""
     path = pathlib.Path(path)

@@ -398,7 +398,7 @@ def _summary(args) -> int:
 
 
 def _export(args) -> int:
-    from jaxlenet import export, mxnet_params, train
+    from jaxlenet import checkpoint, export, mxnet_params, runs, train
     from jaxlenet._files import atomic_write
 
     config, model, params, _, _, epoch = train.load_checkpoint(args.checkpoint)
@@ -407,10 +407,16 @@ def _export(args) -> int:
         raise UsageError(f"--out {out} is a directory; name the file to write")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: no directory {out.parent}")
+    if out.is_file() and checkpoint.looks_like_one(out):
+        source = pathlib.Path(args.checkpoint)
+        source = source / runs.CHECKPOINT if source.is_dir() else source
+        which = "the checkpoint being exported" if out.samefile(source) else "a checkpoint"
+        raise UsageError(f"--out {out} is {which}; jaxlenet never writes over a run's "
+                         "checkpoint: name another file")
     if args.format == "mxnet":
         raw, what = mxnet_params.dumps(mxnet_params.from_params(params, model)), "MXNet .params"
     else:
-        raw = export.stablehlo_bytes(config.model, params)
+        raw = export.stablehlo_bytes(model.spec, params)
         what = f"StableHLO for {' and '.join(export.PLATFORMS)}"
     try:
         atomic_write(out, raw)
@@ -427,7 +433,8 @@ def _import_mxnet(args) -> int:
     config = train.Config(**{**train.RECIPES["default"], "model": args.model, "epochs": 1})
     model = models.build(args.model, impl="reference")
     mxnet_params.check_gluon(model)
-    params = mxnet_params.to_params(mxnet_params.read(args.params), model, args.params)
+    params = mxnet_params.to_params(
+        mxnet_params.read(args.params, mxnet_params.size_bound(model)), model, args.params)
     out = train.save_trained(args.out, config, params, source=f"MXNet {args.params}")
     print(f"jaxlenet: wrote {out}/checkpoint.npz: {config.network} from {args.params}",
           file=sys.stderr)

@@ -8,7 +8,10 @@ length and bytes (no names for a saved list)."""
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 import struct
 
 import jax
@@ -70,7 +73,7 @@ class _Reader:
         self.raw, self.name, self.offset = raw, name, 0
 
     def take(self, size: int) -> bytes:
-        if self.offset + size > len(self.raw):
+        if size < 0 or self.offset + size > len(self.raw):
             raise ParamsError(f"{self.name}: truncated (it ends at byte {len(self.raw):,}, "
                               f"inside what starts at byte {self.offset:,})")
         self.offset += size
@@ -97,18 +100,38 @@ def _read_array(reader: _Reader, name: str, index: int) -> np.ndarray:
     if code not in _DTYPES or any(n < 0 for n in shape):
         raise ParamsError(f"{name}: array {index} is damaged (dtype code {code}, shape {shape})")
     dtype = np.dtype(_DTYPES[code]).newbyteorder("<")
-    data = reader.take(int(np.prod(shape)) * dtype.itemsize)
+    data = reader.take(math.prod(shape) * dtype.itemsize)  # Python ints: no overflow
     return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read(path) -> dict[str, np.ndarray]:
-    """``loads`` of the file at ``path``."""
+def read(path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """``loads`` of the file at ``path``: a regular file (a FIFO or a device would be read
+    without end), whose header is checked before the rest is read, and, with ``max_bytes``
+    (``size_bound``), no larger than that."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # Opened without blocking: a FIFO with no writer would otherwise wait for one forever.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0) as f:
+            status = os.fstat(f.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise ParamsError(f"{path}: not a regular file")
+            head = f.read(8)
+            if head != struct.pack("<Q", _LIST_MAGIC):
+                raise ParamsError(f"{path}: not an MXNet .params file (no nd.save header)")
+            if max_bytes is not None and status.st_size > max_bytes:
+                raise ParamsError(f"{path}: {status.st_size:,} bytes is more than the network's "
+                                  f"parameters can take ({max_bytes:,}): another network's file?")
+            raw = head + f.read(status.st_size - len(head))
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return loads(raw, str(path))
+
+
+def size_bound(model) -> int:
+    """The largest ``.params`` file ``model``'s parameters can be: their data in float64 (the
+    widest dtype MXNet writes), each array's header, and a name of up to 4 KiB each."""
+    shapes = _template(model)
+    arrays = [shape for parts in shapes.values() for shape in parts.values()]
+    return 24 + sum(8 * math.prod(shape) + 64 + 8 * len(shape) + 4096 + 8 for shape in arrays)
 
 
 # ------------------------------------------------------------------ jaxlenet's networks
@@ -146,7 +169,7 @@ def to_params(arrays: dict[str, np.ndarray], model, name: str = "the file") -> d
         found = [g for g, parts in groups.items() if g not in used
                  and "weight" in parts and parts["weight"][1].shape == shapes["weight"]]
         if not found:
-            held = ", ".join(f"{parts['weight'][0]} {parts['weight'][1].shape}"
+            held = ", ".join(f"{parts['weight'][0]!r} {parts['weight'][1].shape}"
                              for parts in groups.values() if "weight" in parts)
             raise ParamsError(f"{name}: {model.name}'s {layer} needs a weight of shape "
                               f"{shapes['weight']}; the file holds {held or 'no weights'} "
@@ -154,10 +177,10 @@ def to_params(arrays: dict[str, np.ndarray], model, name: str = "the file") -> d
         parts = groups[found[0]]
         if "bias" not in parts or parts["bias"][1].shape != shapes["bias"]:
             raise ParamsError(f"{name}: {model.name}'s {layer} needs a bias of shape "
-                              f"{shapes['bias']} beside {parts['weight'][0]}")
+                              f"{shapes['bias']} beside {parts['weight'][0]!r}")
         params[layer] = {k: parts[k][1].astype(np.float32) for k in ("weight", "bias")}
         used.add(found[0])
-    extra = [parts[k][0] for g, parts in groups.items() if g not in used for k in parts]
+    extra = [repr(parts[k][0]) for g, parts in groups.items() if g not in used for k in parts]
     if extra:
         raise ParamsError(f"{name}: holds arrays {model.name} does not have: {', '.join(extra)}")
     return params

@@ -38,9 +38,9 @@ def open_run(out_dir, *, resume: bool, describe: Callable[[pathlib.Path], str] |
 
     Refuses a directory that holds a checkpoint unless ``resume`` (``RunExists``, its message
     from ``describe(out)`` if given), and one without a checkpoint if ``resume``
-    (``CheckpointError``). Partial files that a killed write left behind are removed. If the run
-    ends without a checkpoint, the files it wrote go, and so does the directory if this call
-    made it."""
+    (``CheckpointError``). Partial files that a killed write of a run's file left behind are
+    removed (no other ``*.part`` file). If the run ends without a checkpoint, the files it wrote
+    go (none that were there before it), and so does the directory if this call made it."""
     if out_dir is None or str(out_dir) == "":
         raise ValueError("the run directory (--out) is empty: name a directory")
     out = pathlib.Path(out_dir)
@@ -62,7 +62,7 @@ def open_run(out_dir, *, resume: bool, describe: Callable[[pathlib.Path], str] |
             raise RunLocked(f"another run is training into {out}") from None
         if not os.access(out, os.W_OK):
             raise ValueError(f"--out {out}: not writable")
-        remove_partial_writes(out)
+        remove_partial_writes(out, names=(CHECKPOINT, METRICS, *PLOTS))
         for name in (CHECKPOINT, METRICS):
             if (out / name).is_dir():
                 raise ValueError(f"{out / name} is a directory; move it away so the run can "
@@ -74,11 +74,12 @@ def open_run(out_dir, *, resume: bool, describe: Callable[[pathlib.Path], str] |
                             "another --out")
         if resume and not has_run:
             raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out}")
+        found = {name for name in (METRICS, *PLOTS) if os.path.lexists(out / name)}
         try:
             yield out
         finally:
             if not (out / CHECKPOINT).exists():
-                for name in (METRICS, *PLOTS):
+                for name in {METRICS, *PLOTS} - found:  # only what this run wrote
                     (out / name).unlink(missing_ok=True)
                 if made:
                     with contextlib.suppress(OSError):

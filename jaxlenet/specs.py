@@ -109,6 +109,8 @@ def load(path) -> dict:
     """The validated spec in JSON file ``path``; its name defaults to the file's stem."""
     path = pathlib.Path(path)
     try:
+        if path.exists() and not path.is_file():
+            raise SpecError(f"{path}: not a regular file")
         if path.stat().st_size > 1_000_000:
             raise SpecError(f"{path}: {path.stat().st_size:,} bytes is too large for a spec")
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -152,7 +154,7 @@ def validate(spec) -> dict:
         raise SpecError(f"input {_show(shape)} must be [channels, height, width] of positive "
                         "integers")
     init = spec.get("init", "uniform")
-    if init not in initializers.BY_NAME:
+    if not isinstance(init, str) or init not in initializers.BY_NAME:
         raise SpecError(f"init {_show(init)} is not one of {tuple(initializers.BY_NAME)}")
     layers = spec.get("layers")
     if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
@@ -213,7 +215,8 @@ def _output(where: str, layer: dict, shape: tuple) -> tuple[tuple, int]:
     kind = layer["kind"]
     if kind in ("conv", "dense") or kind == "activation":
         function = layer.get("activation") if kind != "activation" else layer["function"]
-        if (function is not None or kind == "activation") and function not in ACTIVATIONS:
+        if (function is not None or kind == "activation") and (
+                not isinstance(function, str) or function not in ACTIVATIONS):
             field = "function" if kind == "activation" else "activation"
             raise SpecError(f"{where}: field {field!r} {_show(function)} is not one of "
                             f"{tuple(ACTIVATIONS)}")

@@ -104,8 +104,8 @@ def _damaged(tmp_path, how):
 @pytest.mark.parametrize("how,match", [
     ("truncated", "truncated (it ends at byte"), ("header", "truncated"),
     ("not params", "not an MXNet .params file"),
-    ("wrong shape", "lenet's dense0 needs a bias of shape (128,) beside 5.weight"),
-    ("extra", "holds arrays lenet does not have: 7.weight"),
+    ("wrong shape", "lenet's dense0 needs a bias of shape (128,) beside '5.weight'"),
+    ("extra", "holds arrays lenet does not have: '7.weight'"),
     ("another model", "lenet's conv0 needs a weight of shape (20, 1, 5, 5)"),
 ])
 def test_wrong_files_are_refused_in_one_line(tmp_path, capsys, how, match):

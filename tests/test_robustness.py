@@ -2,6 +2,7 @@
 finished run overwritten, never a silent wrong result, never a traceback, never false advice."""
 
 import gzip
+import pathlib
 import os
 import struct
 import subprocess
@@ -437,3 +438,165 @@ def test_bench_without_pytorch_says_how_to_get_the_comparison(capsys, monkeypatc
     assert cli.main(["bench", "--model", "lenet5", "--epochs", "1", "--limit", "256"]) == 0
     out = capsys.readouterr().out
     assert "PyTorch is not installed: no comparison" in out and "pip install torch" in out
+
+
+# ------------------------------------------- a run touches only what it wrote; writers never destroy
+
+
+def test_a_users_files_in_out_survive_a_run_that_ends_before_its_first_checkpoint(tmp_path):
+    """Its own partial writes go; a user's *.part file, metrics.jsonl and plots stay."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = {"notes.part": b"my notes", "metrics.jsonl": b"my metrics\n",
+            "curves.png": b"my picture", "predictions.png": b"my other picture",
+            "checkpoint.npz.k3j2.part": b"half a checkpoint a killed run left"}
+    for name, content in mine.items():
+        (out / name).write_bytes(content)
+    with pytest.raises(train.TrainingDiverged):
+        train.fit(train.Config(epochs=2, batch_size=32, lr=1e9, momentum=0.0),
+                  small_dataset(256, 10), out_dir=out, **QUIET)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        name: content for name, content in mine.items() if not name.startswith("checkpoint")}
+
+
+def test_written_files_follow_the_umask_or_keep_the_replaced_files_mode(tmp_path):
+    from jaxlenet._files import atomic_write
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "new", b"x")
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o640
+        (tmp_path / "kept").write_bytes(b"old")
+        os.chmod(tmp_path / "kept", 0o604)
+        atomic_write(tmp_path / "kept", b"new")
+        assert (tmp_path / "kept").stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+    train.fit(train.Config(epochs=1, batch_size=32), small_dataset(64, 10),
+              out_dir=tmp_path / "run", **QUIET)
+    assert (tmp_path / "run" / runs.CHECKPOINT).stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_export_never_writes_over_a_checkpoint_or_a_file_that_is_not_regular(tmp_path, capsys):
+    for name in ("run", "other"):
+        train.fit(train.Config(epochs=1, batch_size=32), small_dataset(64, 10),
+                  out_dir=tmp_path / name, **QUIET)
+    before = {name: (tmp_path / name / runs.CHECKPOINT).read_bytes() for name in ("run", "other")}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for fmt in ("stablehlo", "mxnet"):
+        for out, match in ((tmp_path / "run" / runs.CHECKPOINT, "is the checkpoint being "
+                            "exported; jaxlenet never writes over a run's checkpoint"),
+                           (tmp_path / "other" / runs.CHECKPOINT, "is a checkpoint; jaxlenet"),
+                           (fifo, "exists and is not a regular file")):
+            code, _, err = run_cli(capsys, "export", "--checkpoint", tmp_path / "run", "--out",
+                                   out, "--format", fmt)
+            one_line_error(code, err, match)
+    assert fifo.is_fifo()
+    assert before == {name: (tmp_path / name / runs.CHECKPOINT).read_bytes()
+                      for name in ("run", "other")}
+
+
+def _peak_rss_mb_of(code: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs ``code`` in a fresh Python; (its result, its peak RSS in MB as the kernel counts)."""
+    wrapped = ("import atexit, resource, sys\natexit.register(lambda: print('PEAK', "
+               "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr))\n"
+               + code)
+    done = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True,
+                          timeout=120)
+    peak = float(done.stderr.rsplit("PEAK ", 1)[1]) if "PEAK " in done.stderr else float("inf")
+    return done, peak
+
+
+def test_import_mxnet_checks_the_header_and_size_before_reading(tmp_path):
+    """A 3 GB file (sparse) with no header, or a header and 3 GB behind it, and a FIFO: each
+    refused at once, in one line, without reading it (peak memory measured)."""
+    headless, oversized, fifo = tmp_path / "zeros.params", tmp_path / "big.params", tmp_path / "f"
+    for path, head in ((headless, b"\0" * 8), (oversized, struct.pack("<QQQ", 0x112, 0, 1))):
+        with open(path, "wb") as f:
+            f.write(head)
+            f.truncate(3 * 2 ** 30)
+    os.mkfifo(fifo)
+    for path, match in ((headless, "not an MXNet .params file"),
+                        (oversized, "is more than the network's parameters can take"),
+                        (fifo, "not a regular file")):
+        done, peak = _peak_rss_mb_of(
+            "from jaxlenet import cli; import sys\n"
+            f"sys.exit(cli.main(['import-mxnet', {str(path)!r}, '--model', 'lenet', '--out', "
+            f"{str(tmp_path / 'run')!r}]))")
+        err = done.stderr.split("PEAK ")[0]
+        assert done.returncode == 2 and err.count("\n") == 1 and match in err, err
+        assert peak < 1000, peak  # the interpreter and JAX: far below the file's 3 GB
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_params_size_that_overflows_int64_is_refused(tmp_path):
+    """Dimensions whose product overflows int64 (np.prod would wrap to a small or negative size
+    and move the reader backwards) are damage, named as such."""
+    from jaxlenet import mxnet_params
+    raw = (struct.pack("<QQQ", 0x112, 0, 1) + struct.pack("<IiI", 0xF993FAC9, 0, 2)
+           + struct.pack("<2q", 2 ** 62, 4) + struct.pack("<iii", 1, 0, 0) + b"\0" * 64)
+    with pytest.raises(mxnet_params.ParamsError, match="truncated"):
+        mxnet_params.loads(raw, "crafted.params")
+
+
+def test_names_from_a_params_file_are_escaped_before_printing(tmp_path, capsys):
+    from jaxlenet import mxnet_params
+    arrays = mxnet_params.read(pathlib.Path(__file__).parent / "fixtures" / "mxnet" /
+                               "lenet.params")
+    arrays["\x1b[2J\x1b[31mforged.weight"] = np.zeros((3, 3), np.float32)
+    (tmp_path / "x.params").write_bytes(mxnet_params.dumps(arrays))
+    code, _, err = run_cli(capsys, "import-mxnet", tmp_path / "x.params", "--model", "lenet",
+                           "--out", tmp_path / "run")
+    one_line_error(code, err, "'\\x1b[2J\\x1b[31mforged.weight'")
+    assert "\x1b" not in err
+
+
+# ----------------------------------------------------------------- images as a person sees them
+
+
+def _garment():
+    """A light 'trouser' on black, 28x28, not symmetric under rotation."""
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[2:26, 8:13] = 220
+    pixels[2:26, 15:20] = 220
+    pixels[2:6, 8:20] = 220
+    return pixels
+
+
+def test_transparency_is_composited_onto_white_before_greyscale(tmp_path):
+    """The same picture as an opaque image and with transparency (RGBA, LA, a palette with a
+    transparent colour) reads the same: what a person sees on a white page."""
+    from PIL import Image
+    seen = np.where(_garment() > 0, 40, 255).astype(np.uint8)  # dark garment on white
+    Image.fromarray(seen).save(tmp_path / "opaque.png")
+    alpha = np.where(_garment() > 0, 255, 0).astype(np.uint8)
+    dark = np.full((28, 28), 40, np.uint8)
+    Image.fromarray(np.stack([dark] * 3 + [alpha], -1), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.stack([dark, alpha], -1), "LA").save(tmp_path / "la.png")
+    palette = Image.fromarray(np.where(_garment() > 0, 1, 0).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 40, 40, 40] + [0] * 762)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png", transparency=0)
+    want = images.load_images([tmp_path / "opaque.png"])
+    for name in ("rgba.png", "la.png", "palette.png"):
+        np.testing.assert_allclose(images.load_images([tmp_path / name]), want, atol=1 / 255,
+                                   err_msg=name)
+    assert want[0, 0, 14, 10] > 0.7 and want[0, 0, 0, 0] < 0.05  # inverted: light on black
+
+
+@pytest.mark.parametrize("orientation,turn", [(3, 2), (6, 1), (8, 3)])
+def test_a_photos_exif_orientation_is_applied(tmp_path, orientation, turn):
+    """A phone stores the sensor's pixels and says how to turn them: the image is read turned,
+    as every viewer shows it."""
+    from PIL import Image
+    upright = _garment()
+    stored = np.rot90(upright, turn)  # what the camera wrote; EXIF says how to undo it
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).convert("RGB").save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray(upright).convert("RGB").save(tmp_path / "upright.jpg", quality=95)
+    got = images.load_images([tmp_path / "photo.jpg"], invert="no")
+    want = images.load_images([tmp_path / "upright.jpg"], invert="no")
+    assert np.abs(got - want).mean() < 0.03
+    assert np.abs(images.load_images([tmp_path / "photo.jpg"], invert="no")
+                  - np.rot90(want, 1, axes=(2, 3))).mean() > 0.1  # the turn matters

@@ -129,6 +129,11 @@ DENSE10 = {"kind": "dense", "units": 10}
     (_spec({"kind": "dense", "units": 10, "name": "1x"}), "layer 0 (1x): field 'name' \"1x\""),
     (_spec(DENSE10, input=[1, 28]), "input [1, 28] must be [channels, height, width]"),
     (_spec(DENSE10, init="zeros"), "init \"zeros\" is not one of"),
+    (_spec(DENSE10, init=["xavier"]), "init [\"xavier\"] is not one of"),
+    (_spec({"kind": "activation", "function": {"relu": 1}}, DENSE10),
+     "layer 0 (activation0): field 'function' {\"relu\": 1} is not one of"),
+    (_spec({"kind": "dense", "units": 10, "activation": [[[[]]]]}),
+     "layer 0 (dense0): field 'activation' [[[[]]]] is not one of"),
     (_spec({"kind": "dense", "units": 40_000}, {"kind": "dense", "units": 1000}, DENSE10),
      "layer 1 (dense1): the network has over 50,000,000 parameters"),
 ])
@@ -155,7 +160,10 @@ def test_a_spec_file_is_read_and_named_after_its_stem(tmp_path):
     path = tmp_path / "wide net.json"
     path.write_text(json.dumps({"layers": [{"kind": "flatten"}, DENSE10]}))
     assert specs.load(path)["name"] == "wide_net"
+    with pytest.raises(specs.SpecError, match="not a regular file"):
+        specs.load(tmp_path)
     for text, match in (("{", "not a JSON spec"), ("[1]", "a spec is a JSON object"),
+                        ("[" * 100_000, "not a JSON spec"),
                         ('{"layers": [{"kind": "dense", "units": 3}]}', "the network ends in shape (3,)")):
         path.write_text(text)
         with pytest.raises(specs.SpecError) as error:
@@ -330,6 +338,7 @@ def test_a_spec_file_trains_and_its_checkpoint_alone_rebuilds_it(capsys, tmp_pat
     out = tmp_path / "runs" / "lenet-avg"  # named after the spec
     assert "training lenet-avg" in err and "MFLOPs per image" in err
     assert "pool0: reference pool, channels-last" in err
+    assert ("conv1: C++ kernels" if kernels.available() else "conv1: XLA, channels-last") in err
     meta, _ = checkpoint.read(out / runs.CHECKPOINT)
     assert meta["spec"] == specs.validate(AVERAGE_6_16)
     path.unlink()  # the checkpoint needs nothing but itself
