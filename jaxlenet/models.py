@@ -63,7 +63,8 @@ def from_layers(architecture, *, name: str = "custom", input_shape=IMAGE_SHAPE,
     function ``architecture(nn)`` returning them built from ``nn``, which is ``jaxlenet.layers``
     for the reference and ``jaxlenet.fast.layers`` for the fast implementation (the same
     constructors). In the fast implementation, each layer it has a fast form of runs that form;
-    every other layer runs as written, on channels-first data."""
+    every other layer runs as written, on channels-first data. ``spec`` is the spec the layers
+    were built from, if any (``from_spec``): a checkpoint records it."""
     impl = choose_impl(impl, platform=platform, dtype=dtype)
     build = architecture if callable(architecture) else lambda nn: tuple(architecture)
     reference_layers = tuple(build(layers))

@@ -95,7 +95,7 @@ def main():
     if torch_epoch:
         print(f"PyTorch {_torch_version()} epoch, the tutorial's LeNet at batch 256: "
               f"{torch_epoch:.2f} s (median of {', '.join(f'{t:.2f}' for t in torch_times)})")
-    else:
+    elif not args.no_torch:
         print("PyTorch is not installed: no yardstick (pip install torch==2.13.0)")
 
 

@@ -497,10 +497,11 @@ def test_export_never_writes_over_a_checkpoint_or_a_file_that_is_not_regular(tmp
 
 
 def _peak_rss_mb_of(code: str) -> tuple[subprocess.CompletedProcess, float]:
-    """Runs ``code`` in a fresh Python; (its result, its peak RSS in MB as the kernel counts)."""
-    wrapped = ("import atexit, resource, sys\natexit.register(lambda: print('PEAK', "
-               "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr))\n"
-               + code)
+    """Runs ``code`` in a fresh Python; (its result, its peak RSS in MB). The peak is the
+    process's own (VmHWM): getrusage's ru_maxrss keeps the forking parent's across exec."""
+    wrapped = ("import atexit, sys\natexit.register(lambda: print('PEAK', int(next(line.split()"
+               "[1] for line in open('/proc/self/status') if line.startswith('VmHWM'))) / 1024, "
+               "file=sys.stderr))\n" + code)
     done = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True,
                           timeout=120)
     peak = float(done.stderr.rsplit("PEAK ", 1)[1]) if "PEAK " in done.stderr else float("inf")
