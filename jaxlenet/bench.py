@@ -161,9 +161,9 @@ def torch_network(spec: dict):
             elif layer["pool"] == "avg":
                 layers.append(nn.AvgPool2d(layer["window"], **options))
             else:  # a sum pool is an average pool over the window times its area
-                window = layer["window"] if isinstance(layer["window"], list) else [layer["window"]] * 2
-                layers += [nn.AvgPool2d(layer["window"], **options),
-                           _Scale(window[0] * window[1])]
+                window = layer["window"]
+                area = window[0] * window[1] if isinstance(window, list) else window * window
+                layers += [nn.AvgPool2d(window, **options), _Scale(area)]
         elif kind == "dense":
             if len(shape) > 1:
                 layers.append(nn.Flatten())

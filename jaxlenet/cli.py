@@ -304,7 +304,7 @@ def _train(args) -> int:
     _start_cluster(args)
     import jax
 
-    from jaxlenet import data, devices, models, plots
+    from jaxlenet import data, devices, plots
 
     dataset = data.load_fashion_mnist(args.data_dir, warn=_warn)
     writer = jax.process_index() == 0

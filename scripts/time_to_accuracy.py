@@ -42,7 +42,7 @@ def run(seed: int, extra: list[str], target: float) -> dict:
             raise SystemExit(f"seed {seed}: exit {process.returncode}\n" + "\n".join(lines[-5:]))
         with open(f"{out}/run/metrics.jsonl") as f:
             accuracies = [json.loads(line)["test_acc"] for line in f]
-    for (epoch, _, now), accuracy in zip(epochs, accuracies):
+    for (_, _, now), accuracy in zip(epochs, accuracies):
         if reached is None and accuracy >= target:
             reached = now
     return {"seed": seed, "reached": reached, "ended": ended, "final": accuracies[-1],

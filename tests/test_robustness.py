@@ -2,8 +2,8 @@
 finished run overwritten, never a silent wrong result, never a traceback, never false advice."""
 
 import gzip
-import pathlib
 import os
+import pathlib
 import struct
 import subprocess
 import sys
@@ -440,7 +440,7 @@ def test_bench_without_pytorch_says_how_to_get_the_comparison(capsys, monkeypatc
     assert "PyTorch is not installed: no comparison" in out and "pip install torch" in out
 
 
-# ------------------------------------------- a run touches only what it wrote; writers never destroy
+# ------------------------------------------ a run touches only what it wrote; writers never destroy
 
 
 def test_a_users_files_in_out_survive_a_run_that_ends_before_its_first_checkpoint(tmp_path):

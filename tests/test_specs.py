@@ -164,7 +164,8 @@ def test_a_spec_file_is_read_and_named_after_its_stem(tmp_path):
         specs.load(tmp_path)
     for text, match in (("{", "not a JSON spec"), ("[1]", "a spec is a JSON object"),
                         ("[" * 100_000, "not a JSON spec"),
-                        ('{"layers": [{"kind": "dense", "units": 3}]}', "the network ends in shape (3,)")):
+                        ('{"layers": [{"kind": "dense", "units": 3}]}',
+                         "the network ends in shape (3,)")):
         path.write_text(text)
         with pytest.raises(specs.SpecError) as error:
             specs.load(path)

@@ -27,9 +27,9 @@ KERNELS_CPU_OPTIONS = {_YNN_FUSION_TYPE: _ynn_types("DOT", "ELTWISE", "INDIVIDUA
 
 
 # The parameters' init program runs once, and LLVM's full optimisation of its random-number loops
-# made it the slowest program of a first run to compile (2.2-2.5 s on a slow day, against 1.4-1.5
-# s for a training epoch); at level 1 it compiles in 0.9-1.1 s to bitwise the same parameters
-# (tests/test_fast.py).
+# made it the slowest program of a first run to compile (2.2-2.5 s on a busy machine, against
+# 1.4-1.5 s for a training epoch); at level 1 it compiles in 0.9-1.1 s to bitwise the same
+# parameters (tests/test_fast.py).
 INIT_CPU_OPTIONS = {"xla_backend_optimization_level": "1"}
 
 
