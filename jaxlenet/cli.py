@@ -325,8 +325,10 @@ def _train(args) -> int:
         probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
         plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
                                out / "predictions.png")
-    print(f"jaxlenet: {out} holds checkpoint.npz, metrics.jsonl"
-          + ("" if args.no_plots else ", curves.png, predictions.png"), file=sys.stderr)
+    from jaxlenet import runs
+    written = [name for name in (runs.CHECKPOINT, runs.METRICS, *runs.PLOTS)
+               if (out / name).is_file()]
+    print(f"jaxlenet: {out} holds {', '.join(written)}", file=sys.stderr)
     if history and train.at_chance(history[-1]["test_loss"], history[-1]["test_acc"]):
         steps = train.steps_in_an_epoch(config, len(dataset[0][0]))
         print(f"jaxlenet: failed: the run ended at chance level (test accuracy "

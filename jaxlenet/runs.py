@@ -106,17 +106,21 @@ def write_metrics(out_dir, history: list[dict]) -> None:
                  "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
+def metrics_match(out_dir, history: list[dict]) -> bool:
+    """Whether ``out_dir/metrics.jsonl`` holds exactly ``history``."""
+    try:
+        return read_metrics(out_dir) == history
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def load_history(out_dir, *, warn: Callable[[str], None] | None = None) -> list[dict]:
     """The per-epoch records of the run in ``out_dir``, from its checksummed checkpoint. A
     ``metrics.jsonl`` that disagrees with them (edited, truncated, unreadable, or from later
     epochs that never reached a checkpoint) is reported through ``warn``, if given."""
     meta, _ = checkpoint.read(pathlib.Path(out_dir) / CHECKPOINT)
     history = meta.get("history", [])
-    try:
-        on_disk = read_metrics(out_dir)
-    except ValueError:
-        on_disk = None
-    if on_disk != history and warn is not None:
+    if not metrics_match(out_dir, history) and warn is not None:
         warn(f"jaxlenet: {pathlib.Path(out_dir) / METRICS} does not match the checkpoint's "
              f"record of {len(history)} epoch(s); rewriting it from the checkpoint")
     return history

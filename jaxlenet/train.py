@@ -396,13 +396,13 @@ def _fit(config, dataset, out, out_dir, resume, mesh, log, warn, announce, progr
                                                                       model=model)
         check_resumable(saved, config, out_dir)
         history = runs.load_history(out_dir, warn=warn if out is not None else None)
+        if out is not None and not runs.metrics_match(out, history):
+            runs.write_metrics(out, history)  # as load_history's warning says
         opt = optimizer(config, steps_per_epoch)
         if start >= config.epochs:
             log(f"the run in {out_dir} is already complete ({start} of {config.epochs} epochs); "
                 "nothing to train")
             return params, history
-        if out is not None:
-            runs.write_metrics(out, history)
     else:
         model, opt, params, opt_state, key = initial_state(config, steps_per_epoch,
                                                             platform=platform, model=model)

@@ -99,6 +99,20 @@ def test_resume_of_a_complete_run_says_so_and_changes_nothing(tmp_path, capsys):
     code, stdout, _ = run_cli(capsys, "train", "--resume", "--out", out)
     assert code == 0 and "already complete (1 of 1 epochs)" in stdout
     assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
+    # A truncated metrics.jsonl: the run says it rewrites it from the checkpoint, and does.
+    whole = (out / runs.METRICS).read_text()
+    (out / runs.METRICS).write_text(whole[:len(whole) // 2])
+    code, stdout, err = run_cli(capsys, "train", "--resume", "--out", out)
+    assert code == 0 and "rewriting it from the checkpoint" in err
+    assert (out / runs.METRICS).read_text() == whole
+
+
+@REAL_DATA
+def test_the_closing_line_names_only_the_files_that_exist(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--limit", "256", "--no-plots",
+                           "--out", tmp_path / "run")
+    assert code in (0, cli.EXIT_AT_CHANCE), err
+    assert f"jaxlenet: {tmp_path / 'run'} holds checkpoint.npz, metrics.jsonl\n" in err
 
 
 # ---------------------------------------------------------------------- 2: stuck at chance level
