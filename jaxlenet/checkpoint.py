@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import pathlib
 import zipfile
 
@@ -72,18 +73,50 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(f"{path}: not a readable checkpoint: not a whole .npz archive "
                               "(truncated, or another kind of file)")
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: not a readable checkpoint (its metadata is not a record)")
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: not a readable checkpoint (its metadata is not a "
+                                  "record)")
+        digest = _digest(arrays, meta)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError,
+            RecursionError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
-    if _digest(arrays, meta) != meta.get("sha256"):
+        raise CheckpointError(f"{path}: unknown checkpoint format {str(meta.get('format'))[:80]!r}")
+    if digest != meta.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint was modified or damaged")
     return meta, arrays
+
+
+def _check_members(path) -> None:
+    """Every member of the archive as ``save`` writes it, read from the zip directory and each
+    array's header before anything is inflated or allocated: stored, not compressed (a few MB
+    must not inflate to GBs), and holding exactly the bytes its declared shape needs (a shape
+    that claims more would be allocated whole). So reading costs at most the file's size."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{path}: member {info.filename[:80]!r} is compressed; "
+                                      "jaxlenet's checkpoints store their arrays as they are")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise CheckpointError(f"{path}: member {info.filename[:80]!r} is in .npy "
+                                          f"format {version}, which save never writes")
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member)
+                needed = math.prod(shape) * dtype.itemsize
+                if dtype.hasobject or info.file_size != member.tell() + needed:
+                    raise CheckpointError(
+                        f"{path}: member {info.filename[:80]!r} declares {dtype} {shape}, "
+                        f"which its {info.file_size:,} bytes do not hold")
 
 
 def restore(arrays: dict[str, np.ndarray], part: str, template, *, finite: bool = False):

@@ -339,6 +339,8 @@ def _recorded_run(meta: dict, path) -> tuple[Config, int]:
     """The run's configuration and epochs done; the metadata is untrusted even behind a good
     checksum."""
     try:
+        if not isinstance(meta.get("config"), dict):
+            raise TypeError(f"config is {type(meta.get('config')).__name__}, not a record")
         config, epoch = Config.from_dict(meta["config"]), meta["epoch"]
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise checkpoint.CheckpointError(

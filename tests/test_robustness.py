@@ -615,3 +615,82 @@ def test_a_photos_exif_orientation_is_applied(tmp_path, orientation, turn):
     assert np.abs(got - want).mean() < 0.03
     assert np.abs(images.load_images([tmp_path / "photo.jpg"], invert="no")
                   - np.rot90(want, 1, axes=(2, 3))).mean() > 0.1  # the turn matters
+
+
+# ------------------------------------------------ crafted checkpoints: bounded memory, one line
+
+
+def _with_members(source, target, members: dict, *, compress=None):
+    """A copy of the checkpoint ``source`` at ``target`` with ``members`` (name: bytes) added or
+    replaced, each member stored or compressed as ``compress`` says."""
+    import zipfile
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            if info.filename not in members:
+                new.writestr(info.filename, old.read(info), zipfile.ZIP_STORED)
+        for name, raw in members.items():
+            new.writestr(name, raw, compress or zipfile.ZIP_STORED)
+
+
+def _npy(shape, dtype, data: bytes) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
+def test_crafted_checkpoint_members_are_refused_before_they_are_inflated(tmp_path):
+    """A member compressed 1000:1 (256 MB of zeros in ~250 KB), and one declaring 4 TB of
+    float32 in 64 bytes: each is one line, exit 2, and the process never holds more than the
+    interpreter and JAX (peak memory measured)."""
+    import zipfile
+    train.fit(train.Config(epochs=1, batch_size=32), small_dataset(64, 10),
+              out_dir=tmp_path / "run", **QUIET)
+    source = tmp_path / "run" / runs.CHECKPOINT
+    zeros = np.zeros(2 ** 26, np.float32)
+    cases = {
+        "bomb": ({"params['conv0']['weight'].npy": _npy(zeros.shape, np.float32,
+                                                        zeros.tobytes())}, zipfile.ZIP_DEFLATED,
+                 "is compressed"),
+        "huge": ({"params['conv0']['weight'].npy": _npy((10 ** 12,), np.float32, b"\0" * 64)},
+                 None, "declares float32 (1000000000000,)"),
+    }
+    for name, (members, compress, match) in cases.items():
+        (tmp_path / name).mkdir()
+        _with_members(source, tmp_path / name / runs.CHECKPOINT, members, compress=compress)
+        assert (tmp_path / name / runs.CHECKPOINT).stat().st_size < source.stat().st_size + 2 ** 20
+        done, peak = _peak_rss_mb_of(
+            "from jaxlenet import cli; import sys\n"
+            f"sys.exit(cli.main(['evaluate', '--checkpoint', {str(tmp_path / name)!r}]))")
+        err = done.stderr.split("PEAK ")[0]
+        assert done.returncode == 2 and err.count("\n") == 1 and match in err, err
+        assert "Traceback" not in err and peak < 1000, peak
+
+
+def test_deep_or_wrongly_typed_metadata_is_one_line_even_behind_a_good_checksum(tmp_path,
+                                                                               capsys):
+    """The checksum is not a signature: metadata that matches it is still checked."""
+    import json
+    train.fit(train.Config(epochs=1, batch_size=32), small_dataset(64, 10),
+              out_dir=tmp_path / "run", **QUIET)
+    meta, arrays = checkpoint.read(tmp_path / "run" / runs.CHECKPOINT)
+    arrays = {k: v for k, v in arrays.items()}
+
+    def with_meta(text: bytes, name: str):
+        (tmp_path / name).mkdir()
+        members = {"__meta__.npy": _npy((len(text),), np.uint8, text)}
+        _with_members(tmp_path / "run" / runs.CHECKPOINT, tmp_path / name / runs.CHECKPOINT,
+                   members)
+        return tmp_path / name
+
+    deep = with_meta(b'{"history": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "deep")
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", deep)
+    one_line_error(code, err, "not a readable checkpoint")
+    for number, changes in enumerate(({"epoch": "1"}, {"config": []}, {"config": {"model": 7}},
+                                      {"spec": {"layers": "conv"}}, {"format": ["x"] * 10})):
+        bad = {**meta, **changes}
+        bad["sha256"] = checkpoint._digest(arrays, bad)
+        run = with_meta(json.dumps(bad).encode(), f"typed{number}")
+        code, _, err = run_cli(capsys, "evaluate", "--checkpoint", run)
+        one_line_error(code, err, str(run))
