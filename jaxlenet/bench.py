@@ -23,9 +23,9 @@ RECIPES = {"lenet": dict(lr=0.1, init="uniform"), "lenet5": dict(lr=0.9, init="x
 
 
 def _recipe(network) -> dict:
-    spec = specs.resolve(network)
-    return RECIPES.get(network, {}) if isinstance(network, str) else dict(lr=0.1,
-                                                                          init=spec["init"])
+    if isinstance(network, str) and network in RECIPES:
+        return RECIPES[network]
+    return dict(lr=0.1, init=specs.resolve(network)["init"])
 
 
 def training_flops(model: models.Model) -> int:
