@@ -64,7 +64,7 @@ def from_layers(architecture, *, name: str = "custom", input_shape=IMAGE_SHAPE,
     for the reference and ``jaxlenet.fast.layers`` for the fast implementation (the same
     constructors). In the fast implementation, each layer it has a fast form of runs that form;
     every other layer runs as written, on channels-first data. ``spec`` is the spec the layers
-    were built from, if any (``from_spec``): a checkpoint records it."""
+    were built from, if any (``build``): a checkpoint records it."""
     impl = choose_impl(impl, platform=platform, dtype=dtype)
     build = architecture if callable(architecture) else lambda nn: tuple(architecture)
     reference_layers = tuple(build(layers))
@@ -100,25 +100,12 @@ def from_layers(architecture, *, name: str = "custom", input_shape=IMAGE_SHAPE,
                  input_shape, placement)
 
 
-def from_spec(spec, *, init: str | None = None, impl: str = "auto", platform: str | None = None,
-              dtype=jnp.float32) -> Model:
-    """The network of ``spec`` (``jaxlenet.specs``: a built-in name or a spec dict), weights
-    drawn by the initialiser named ``init`` (``initializers.BY_NAME``; default: the spec's)."""
-    spec = specs.resolve(spec)
-    if init is not None and init not in initializers.BY_NAME:
-        raise ValueError(f"init {init!r} is not one of {tuple(initializers.BY_NAME)}")
-    weight_init = initializers.BY_NAME[init or spec["init"]]
-    return from_layers(lambda nn: specs.build_layers(spec, nn, weight_init), name=spec["name"],
-                       input_shape=tuple(spec["input"]), impl=impl, platform=platform,
-                       dtype=dtype, spec=spec)
-
-
 def lenet(*, init: str | None = None, impl: str = "auto", platform: str | None = None,
           dtype=jnp.float32) -> Model:
     """The tutorial's LeNet (``specs.lenet``): conv 20@5x5, ReLU, max-pool 2/2, conv 50@3x3,
     ReLU, max-pool 2/2, flatten, dense 128, ReLU, dense 10; MXNet's uniform(0.07) init unless
     ``init`` names another. Biases start at zero."""
-    return from_spec("lenet", init=init, impl=impl, platform=platform, dtype=dtype)
+    return build("lenet", init=init, impl=impl, platform=platform, dtype=dtype)
 
 
 def lenet5(*, init: str | None = None, impl: str = "auto", platform: str | None = None,
@@ -126,15 +113,22 @@ def lenet5(*, init: str | None = None, impl: str = "auto", platform: str | None 
     """The classic LeNet-5 of the tutorial (``specs.lenet5``): conv 6@5x5, sigmoid, max-pool
     2/2, conv 16@5x5, sigmoid, max-pool 2/2, dense 120 (which flattens its input, as Gluon's
     does), sigmoid, dense 84, sigmoid, dense 10; Xavier init unless ``init`` names another."""
-    return from_spec("lenet5", init=init, impl=impl, platform=platform, dtype=dtype)
+    return build("lenet5", init=init, impl=impl, platform=platform, dtype=dtype)
 
 
 def build(model, *, init: str | None = None, impl: str = "auto", platform: str | None = None,
           dtype=jnp.float32) -> Model:
-    """A model from a built-in name (``specs.BUILTIN``: lenet, lenet5, mlp) or a spec, with an
-    initialiser by name (``initializers.BY_NAME``) or the spec's, in the implementation
+    """A model from a built-in name (``specs.BUILTIN``: lenet, lenet5, mlp) or a spec
+    (``jaxlenet.specs``), weights drawn by the initialiser named ``init``
+    (``initializers.BY_NAME``; default: the spec's), in the implementation
     ``choose_impl(impl, platform=platform, dtype=dtype)`` picks."""
-    return from_spec(model, init=init, impl=impl, platform=platform, dtype=dtype)
+    spec = specs.resolve(model)
+    if init is not None and init not in initializers.BY_NAME:
+        raise ValueError(f"init {init!r} is not one of {tuple(initializers.BY_NAME)}")
+    weight_init = initializers.BY_NAME[init or spec["init"]]
+    return from_layers(lambda nn: specs.build_layers(spec, nn, weight_init), name=spec["name"],
+                       input_shape=tuple(spec["input"]), impl=impl, platform=platform,
+                       dtype=dtype, spec=spec)
 
 
 class LayerRow(NamedTuple):
