@@ -24,7 +24,8 @@ def atomic_write(target, data: bytes) -> None:
     ``target``: readers see the old file or the new one, never a half-written one. The file gets
     the mode of the one it replaces, or the umask's; a ``target`` that exists and is not a
     regular file (a device, a FIFO, a directory) is refused with ``IsADirectoryError`` or
-    ``FileExistsError``, never replaced."""
+    ``FileExistsError``, never replaced. Any ``OSError`` names ``target`` (a full disk: "No
+    space left on device"), and ``target`` is as it was."""
     target = pathlib.Path(target)
     mode = _mode_for(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
@@ -35,8 +36,10 @@ def atomic_write(target, data: bytes) -> None:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         pathlib.Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # named by the file the user knows, not the temporary
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from exc
         raise
 
 

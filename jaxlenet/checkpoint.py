@@ -81,10 +81,10 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
             raise CheckpointError(f"{path}: not a readable checkpoint (its metadata is not a "
                                   "record)")
         digest = _digest(arrays, meta)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError,
-            RecursionError, TypeError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
+    except CheckpointError:
+        raise
+    except Exception as exc:  # zipfile's and NumPy's parsers raise many types on crafted bytes
+        # (struct.error, tokenize.TokenError, SyntaxError, OverflowError, ...): all are "damaged"
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if meta.get("format") != FORMAT:

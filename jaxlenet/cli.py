@@ -19,6 +19,7 @@ import sys
 import threading
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_AT_CHANCE, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_PIPE_CLOSED = 141  # as a Unix tool SIGPIPE ends: 128 + 13
 
 
 class UsageError(Exception):
@@ -315,16 +316,23 @@ def _train(args) -> int:
                                     log=print if writer else lambda _: None, warn=_warn,
                                     announce=_warn)
     except KeyboardInterrupt:
-        raise Interrupted(_kept_after_interrupt(out)) from None
+        raise Interrupted(f"interrupted; {_what_is_saved(out)}") from None
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a full disk, say: the file, then what the run kept
+        raise UsageError(f"{_os_error(exc)}; {_what_is_saved(out)}") from None
     if not writer:
         return 0
     if history and history[-1]["epoch"] > done and not args.no_plots:
-        plots.plot_curves(history, out / "curves.png")
         (_, _), (test_x, test_y) = dataset
         model = train.build_model(config, devices.select_device(args.device).platform)
         probs = train.predict(model, params, data.to_float_nchw(test_x[:32]))
-        plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1), data.CLASS_NAMES,
-                               out / "predictions.png")
+        try:
+            plots.plot_curves(history, out / "curves.png")
+            plots.plot_predictions(test_x[:32], test_y[:32], probs.argmax(-1),
+                                   data.CLASS_NAMES, out / "predictions.png")
+        except OSError as exc:
+            raise UsageError(f"{_os_error(exc)}; {_what_is_saved(out)}") from None
     from jaxlenet import runs
     written = [name for name in (runs.CHECKPOINT, runs.METRICS, *runs.PLOTS)
                if (out / name).is_file()]
@@ -339,15 +347,25 @@ def _train(args) -> int:
     return 0
 
 
-def _kept_after_interrupt(out: pathlib.Path) -> str:
+def _what_is_saved(out: pathlib.Path) -> str:
+    """What a run that stopped in ``out`` left safe on disk, said to the user."""
     from jaxlenet import checkpoint, train
 
     try:
-        _, epoch = train.read_run(out)
+        config, epoch = train.read_run(out)
     except checkpoint.CheckpointError:
-        return "interrupted before the first epoch ended: nothing was saved"
-    return (f"interrupted; the checkpoint of epoch {epoch} in {out} is intact (continue with "
-            f"--resume --out {out})")
+        return "nothing was saved (no epoch had ended)"
+    if epoch >= config.epochs:
+        return f"the checkpoint of the complete run ({epoch} epochs) in {out} is intact"
+    return (f"the checkpoint of epoch {epoch} in {out} is intact (continue with --resume "
+            f"--out {out})")
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line naming its file: "cannot write F: No space left on device"."""
+    if exc.filename is None:
+        return str(exc)
+    return f"cannot write {exc.filename}: {exc.strerror or exc}"
 
 
 def _warn(line: str) -> None:
@@ -479,7 +497,15 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     try:
         args = parser.parse_args(argv)
-        return COMMANDS[args.command](args)
+        if getattr(args, "coordinator", None) is None:  # else JAX starts after joining the run
+            from jaxlenet import devices
+            devices.check_platforms()
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader that went away is caught
+        return code
+    except BrokenPipeError:  # `jaxlenet ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except (UsageError, ValueError, TypeError, DataError, CheckpointError, ParamsError,
             RunLocked, OSError) as exc:
         print(f"jaxlenet: error: {exc}", file=sys.stderr)
@@ -523,6 +549,7 @@ def entry() -> None:
 
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(user_cache() / "xla"))
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    _open_closed_standard_streams()
     code = main()
     if code == EXIT_INTERRUPTED or not _in_a_cluster():
         # The interpreter's teardown (XLA's client, its threads and buffers) took 0.3-0.4 s of
@@ -531,6 +558,18 @@ def entry() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)  # jax.distributed's shutdown tells the other processes
+
+
+def _open_closed_standard_streams() -> None:
+    """Opens /dev/null on a standard stream the caller closed (``jaxlenet ... >&-``): what would
+    go there is discarded, the exit status still tells, and no file the command opens can take
+    descriptor 1 or 2 and receive its output."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free descriptor: this one
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
 def _in_a_cluster() -> bool:

@@ -5,10 +5,26 @@ data are replicated over the mesh, batches are split along its 'data' axis."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def check_platforms() -> None:
+    """Starts JAX's backends, or raises ValueError naming ``JAX_PLATFORMS`` when a platform it
+    names cannot start here (JAX raises a bare AssertionError for one that is not installed)."""
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as exc:
+        named = os.environ.get("JAX_PLATFORMS", "")
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(" (set JAX_PLATFORMS")[0][:300] if text else (
+            "no such platform is installed")
+        raise ValueError(f"JAX_PLATFORMS={named!r} names a platform JAX cannot start here "
+                         f"({reason}); unset JAX_PLATFORMS, or set it to 'cpu'") from None
 
 
 def select_device(name: str = "auto") -> jax.Device:

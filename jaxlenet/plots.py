@@ -3,9 +3,12 @@ matplotlib is imported lazily, with the non-interactive Agg backend."""
 
 from __future__ import annotations
 
+import io
 import pathlib
 
 import numpy as np
+
+from jaxlenet._files import atomic_write
 
 
 def _pyplot():
@@ -36,9 +39,7 @@ def plot_curves(history: list[dict], path) -> pathlib.Path:
         ax.grid(alpha=0.3)
         ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_predictions(images, labels, predicted, class_names, path, *, columns: int = 8
@@ -64,6 +65,15 @@ def plot_predictions(images, labels, predicted, class_names, path, *, columns: i
                 f"{class_names[int(guess)]}\n/ {class_names[int(true)]}", fontsize=7,
                 ha="center", va="bottom", color="red" if int(true) != int(guess) else "black")
     fig.suptitle("predicted / true (mistakes in red)", fontsize=9)
-    fig.savefig(path, dpi=100)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> pathlib.Path:
+    """Writes ``fig`` whole or not at all (a full disk never leaves half a picture over the
+    last one), in the format ``path``'s suffix names."""
+    path = pathlib.Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix[1:] or "png", dpi=100)
     plt.close(fig)
-    return pathlib.Path(path)
+    atomic_write(path, buffer.getvalue())
+    return path

@@ -291,10 +291,14 @@ def load_checkpoint(path, *, impl: str | None = None, platform: str | None = Non
     opt = optimizer(config, 1)
     # Shapes only: nothing is initialised (or compiled) just to be overwritten.
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    params = checkpoint.restore(arrays, "params", jax.eval_shape(model.init, key), finite=True)
-    opt_state = checkpoint.restore(arrays, "opt_state", jax.eval_shape(opt.init, params),
-                                   finite=True)
-    key = checkpoint.restore(arrays, "key", key)
+    try:
+        params = checkpoint.restore(arrays, "params", jax.eval_shape(model.init, key),
+                                    finite=True)
+        opt_state = checkpoint.restore(arrays, "opt_state", jax.eval_shape(opt.init, params),
+                                       finite=True)
+        key = checkpoint.restore(arrays, "key", key)
+    except checkpoint.CheckpointError as exc:
+        raise checkpoint.CheckpointError(f"{path}: {exc}") from None
     return config, model, params, opt_state, key, epoch
 
 
@@ -546,9 +550,14 @@ def save_trained(out_dir, config: Config, params, *, source: str) -> pathlib.Pat
     ``config`` in ``out_dir`` (locked, refused if it holds a run): a checkpoint that
     ``load_checkpoint``, ``jaxlenet evaluate`` and ``predict`` take like any other."""
     with runs.open_run(out_dir, resume=False) as out:
-        model, _, template, opt_state, key = initial_state(config)
+        model = build_model(config)
+        # Shapes, then the fresh run's optimiser state and shuffle key: nothing is initialised
+        # (or compiled) only to be replaced.
+        template = jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32))
         arrays = {f"params{key}": value for key, value in checkpoint.flatten(params).items()}
         params = checkpoint.restore(arrays, "params", template, finite=True)
+        opt_state = optimizer(config, 1).init(params)
+        key = jax.random.split(seed_key(config.seed))[1]  # as initial_state splits it
         checkpoint.save(out / runs.CHECKPOINT,
                         to_host({"params": params, "opt_state": opt_state, "key": key}),
                         {"epoch": config.epochs, "config": config.to_dict(),

@@ -35,6 +35,12 @@ def one_line_error(code, err, match):
     assert match in err, err
 
 
+def ends_in_one_line_error(code, err, match):
+    """A run's header lines, then one error line."""
+    assert code == 2 and "Traceback" not in err, err
+    one_line_error(code, err.splitlines(keepends=True)[-1], match)
+
+
 # -------------------------------------------------------------- 1, 11: runs are never overwritten
 
 
@@ -378,7 +384,7 @@ def test_an_interrupt_before_the_first_epoch_says_nothing_was_saved(tmp_path):
     worker.send_signal(2)
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == 130, err
-    assert "interrupted before the first epoch ended: nothing was saved" in err
+    assert "interrupted; nothing was saved (no epoch had ended)" in err
     assert "intact" not in err and not out.exists()
 
 
@@ -694,3 +700,102 @@ def test_deep_or_wrongly_typed_metadata_is_one_line_even_behind_a_good_checksum(
         run = with_meta(json.dumps(bad).encode(), f"typed{number}")
         code, _, err = run_cli(capsys, "evaluate", "--checkpoint", run)
         one_line_error(code, err, str(run))
+
+
+# ----------------------------------------------- a full disk, absent platforms, closed streams
+
+
+def _failing_fsync(monkeypatch, name: str, after: int = 0):
+    """``os.fsync`` failing with ENOSPC (a full disk) on the writes of file ``name`` after the
+    first ``after`` of them: what a full disk does to an atomic write."""
+    import errno
+    real, seen = os.fsync, []
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(name + "."):
+            seen.append(fd)
+            if len(seen) > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@REAL_DATA
+def test_a_full_disk_names_the_file_and_the_intact_checkpoint(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    flags = ("--epochs", "3", "--limit", "512", "--no-plots", "--out", out)
+    _failing_fsync(monkeypatch, runs.CHECKPOINT, after=1)  # epoch 2's checkpoint
+    code, _, err = run_cli(capsys, "train", *flags)
+    ends_in_one_line_error(code, err, f"cannot write {out / runs.CHECKPOINT}: No space left on device; "
+                              f"the checkpoint of epoch 1 in {out} is intact (continue with "
+                              f"--resume --out {out})")
+    assert train.read_run(out)[1] == 1 and not list(out.glob("*.part"))
+    monkeypatch.undo()
+    _failing_fsync(monkeypatch, "curves.png")
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", out, "--no-plots")
+    assert code in (0, cli.EXIT_AT_CHANCE) and train.read_run(out)[1] == 3, err
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "plots", "--epochs", "1",
+                           "--limit", "256")
+    ends_in_one_line_error(code, err, f"cannot write {tmp_path / 'plots' / 'curves.png'}: No space left "
+                              "on device; the checkpoint of the complete run (1 epochs) in "
+                              f"{tmp_path / 'plots'} is intact")
+    assert not (tmp_path / "plots" / "curves.png").exists()
+    (tmp_path / "x").mkdir()
+    _failing_fsync(monkeypatch, "x.npz")
+    one_line_error(*run_cli(capsys, "export", "--checkpoint", out, "--out",
+                            tmp_path / "x" / "x.npz")[::2],
+                   f"--out {tmp_path / 'x' / 'x.npz'}: cannot write (No space left on device)")
+    assert not list((tmp_path / "x").iterdir())
+
+
+def test_a_jax_platform_that_cannot_start_is_one_line():
+    for platforms, match in (("cuda", "no such platform is installed"),
+                             ("tpu,cpu", "Unable to initialize backend 'tpu'")):
+        done = subprocess.run([sys.executable, "-m", "jaxlenet", "summary"], capture_output=True,
+                              text=True, timeout=120, env={**os.environ,
+                                                           "JAX_PLATFORMS": platforms})
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"jaxlenet: error: JAX_PLATFORMS={platforms!r} names a "
+                                      "platform JAX cannot start here") and match in done.stderr
+
+
+def _jaxlenet(*argv, close=(), **kwargs):
+    """The command in a fresh process with the standard streams ``close`` names closed (by the
+    shell: a ``preexec_fn`` would run Python in a fork of this multithreaded process)."""
+    closing = " ".join(f"{fd}>&-" for fd in close)
+    return subprocess.run(["sh", "-c", f'exec "$@" {closing}', "sh", sys.executable, "-m",
+                           "jaxlenet", *map(str, argv)], timeout=300, **kwargs)
+
+
+def test_closed_standard_streams_keep_the_exit_status():
+    """``>&-``: the output is discarded (and cannot land in a file the command opens on
+    descriptor 1 or 2), the exit status still tells."""
+    done = _jaxlenet("summary", close=(1,), stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0 and done.stderr == ""
+    done = _jaxlenet("summary", "--model", "nope", close=(2,), stdout=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert _jaxlenet("summary", close=(0, 1, 2)).returncode == 0
+
+
+@REAL_DATA
+def test_a_run_with_stdout_closed_writes_only_its_files(tmp_path):
+    out = tmp_path / "run"
+    done = _jaxlenet("train", "--epochs", "1", "--limit", "256", "--out", out, close=(1,),
+                     stderr=subprocess.PIPE, text=True)
+    assert done.returncode in (0, cli.EXIT_AT_CHANCE), done.stderr
+    assert "Traceback" not in done.stderr and train.read_run(out)[1] == 1
+    assert runs.read_metrics(out)[0]["epoch"] == 1  # no stray output in it
+
+
+def test_a_closed_pipe_ends_quietly_with_141(tmp_path):
+    """``jaxlenet ... | head``: once the reader has gone the command stops, without a message
+    or a traceback, with the status a Unix tool that SIGPIPE ends gives (128 + 13)."""
+    for argv in (["summary", "--model", "lenet5"],
+                 ["train", "--epochs", "1", "--limit", "256", "--out", tmp_path / "run"]):
+        command = subprocess.Popen([sys.executable, "-m", "jaxlenet", *map(str, argv)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        command.stdout.close()  # the reader is gone before the first line
+        _, err = command.communicate(timeout=300)
+        assert command.returncode == cli.EXIT_PIPE_CLOSED == 141, err
+        assert b"Traceback" not in err and b"error" not in err, err
+    assert not (tmp_path / "run").exists()  # it stopped before the first checkpoint
