@@ -188,6 +188,41 @@ def test_float32_fast_models_agree_with_the_float64_reference(name):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-5 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.parametrize("kernels_on", [False, True])
+def test_float32_gradients_on_odd_sizes_agree_with_the_reference_with_the_kernels_on_and_off(
+        kernels_on, monkeypatch):
+    """Odd image sizes, odd and uneven kernels, padding, pooled rows left over: the float32
+    program as it runs without the kernels (XLA's formulations: where they cannot be built, or
+    with JAXLENET_CPU_KERNELS=0) and with them, against the float64 reference."""
+    if kernels_on and not fast.kernels_available():
+        pytest.skip("the C++ kernels cannot be built here")
+    if not kernels_on:
+        monkeypatch.setattr(fast.kernels, "available", lambda: False)
+
+    def architecture(nn):
+        return (("conv0", nn.Conv(6, (5, 3), padding=(1, 2), activation="relu")),
+                ("pool0", nn.Pool(2)), ("conv1", nn.Conv(20, 3, activation="sigmoid")),
+                ("pool1", nn.Pool((3, 2))), ("dense0", nn.Dense(10)))
+
+    shape = (1, 27, 23)  # conv0 gives 25 x 25: pool0 leaves a row and a column over
+    fast_model = models.from_layers(architecture, input_shape=shape, impl="fast", platform="cpu")
+    reference = models.from_layers(architecture, input_shape=shape, impl="reference",
+                                   dtype=jnp.float64)
+    assert any("kernels" in where for where in fast_model.placement) == kernels_on
+    params = fast_model.init(jax.random.PRNGKey(4))
+    params64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.uniform(jax.random.PRNGKey(5), (7,) + shape, jnp.float32)
+    y = jnp.arange(7) % 10
+
+    def loss(model):
+        return lambda p: jnp.mean(softmax_cross_entropy(model.apply(p, x), y))
+
+    grad = jax.jit(jax.grad(loss(fast_model)), compiler_options=fast_model.compiler_options)
+    for got, want in zip(jax.tree_util.tree_leaves(grad(params)),
+                         jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(reference)))(params64))):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-5 * float(jnp.abs(want).max()))
+
+
 def test_auto_is_fast_on_the_cpu_in_float32_and_the_reference_elsewhere():
     assert models.choose_impl("auto", platform="cpu") == "fast"
     assert models.choose_impl("auto", platform="gpu") == "reference"

@@ -38,10 +38,33 @@ def conv_reference(x, w, b, stride, pad, dilate, groups):
     return y
 
 
+def window_count(size, kernel, stride, pad, convention):
+    """Windows along one dimension, counted one at a time from their definition (window i
+    starts at i * stride in padded coordinates): 'valid' keeps those that end inside the padded
+    input; 'full' adds windows until one reaches its end."""
+    count = 0
+    while True:
+        if convention == "valid" and count * stride + kernel > size + 2 * pad:
+            return count
+        if convention == "full" and count and (count - 1) * stride + kernel >= size + 2 * pad:
+            return count
+        count += 1
+
+
+def test_output_size_counts_the_windows_of_each_convention():
+    for size, kernel, stride, pad in itertools.product(range(1, 12), range(1, 6), range(1, 5),
+                                                       range(3)):
+        if kernel <= size + 2 * pad and pad < kernel:
+            for convention in ("valid", "full"):
+                assert pooling.output_size(size, kernel, stride, pad, convention) == (
+                    window_count(size, kernel, stride, pad, convention)), (
+                    size, kernel, stride, pad, convention)
+
+
 def pool_reference(x, kind, k, s, p, convention, count_include_pad=True, p_value=None):
     """MXNet's pooling written from its definition (mxnet-semantics.md §2.2-2.3), float64."""
     n, c, h, w = x.shape
-    outs = [pooling.output_size(size, kk, ss, pp, convention)
+    outs = [window_count(size, kk, ss, pp, convention)
             for size, kk, ss, pp in zip((h, w), k, s, p)]
     y = np.zeros((n, c) + tuple(outs))
     for i, j in itertools.product(range(outs[0]), range(outs[1])):

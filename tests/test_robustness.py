@@ -726,9 +726,9 @@ def test_a_full_disk_names_the_file_and_the_intact_checkpoint(tmp_path, capsys, 
     flags = ("--epochs", "3", "--limit", "512", "--no-plots", "--out", out)
     _failing_fsync(monkeypatch, runs.CHECKPOINT, after=1)  # epoch 2's checkpoint
     code, _, err = run_cli(capsys, "train", *flags)
-    ends_in_one_line_error(code, err, f"cannot write {out / runs.CHECKPOINT}: No space left on device; "
-                              f"the checkpoint of epoch 1 in {out} is intact (continue with "
-                              f"--resume --out {out})")
+    ends_in_one_line_error(code, err, f"cannot write {out / runs.CHECKPOINT}: No space left on "
+                                      f"device; the checkpoint of epoch 1 in {out} is intact "
+                                      f"(continue with --resume --out {out})")
     assert train.read_run(out)[1] == 1 and not list(out.glob("*.part"))
     monkeypatch.undo()
     _failing_fsync(monkeypatch, "curves.png")
@@ -736,9 +736,9 @@ def test_a_full_disk_names_the_file_and_the_intact_checkpoint(tmp_path, capsys, 
     assert code in (0, cli.EXIT_AT_CHANCE) and train.read_run(out)[1] == 3, err
     code, _, err = run_cli(capsys, "train", "--out", tmp_path / "plots", "--epochs", "1",
                            "--limit", "256")
-    ends_in_one_line_error(code, err, f"cannot write {tmp_path / 'plots' / 'curves.png'}: No space left "
-                              "on device; the checkpoint of the complete run (1 epochs) in "
-                              f"{tmp_path / 'plots'} is intact")
+    ends_in_one_line_error(code, err, f"cannot write {tmp_path / 'plots' / 'curves.png'}: No "
+                                      "space left on device; the checkpoint of the complete run "
+                                      f"(1 epochs) in {tmp_path / 'plots'} is intact")
     assert not (tmp_path / "plots" / "curves.png").exists()
     (tmp_path / "x").mkdir()
     _failing_fsync(monkeypatch, "x.npz")
@@ -799,3 +799,27 @@ def test_a_closed_pipe_ends_quietly_with_141(tmp_path):
         assert command.returncode == cli.EXIT_PIPE_CLOSED == 141, err
         assert b"Traceback" not in err and b"error" not in err, err
     assert not (tmp_path / "run").exists()  # it stopped before the first checkpoint
+
+
+@pytest.mark.parametrize("argv,code,last", [
+    (["summary"], 0, "forward FLOPs per image"),
+    (["train", "--epochs", "-1"], 2, "jaxlenet: error: argument --epochs: expected"),
+    pytest.param(["train", "--lr", "1e9", "--momentum", "0", "--epochs", "2", "--limit", "256",
+                  "--no-plots"], cli.EXIT_DIVERGED,
+                 "jaxlenet: diverged: epoch 1: the training loss is", marks=REAL_DATA),
+    pytest.param(["train", "--lr", "5", "--epochs", "1", "--limit", "2048", "--no-plots"],
+                 cli.EXIT_AT_CHANCE, "jaxlenet: failed: the run ended at chance level",
+                 marks=REAL_DATA),
+])
+def test_each_exit_status_of_the_command_end_to_end(tmp_path, argv, code, last):
+    """The installed command's statuses (docs/robustness.md), through the process's exit: 0, 2,
+    3 diverged, 4 at chance (130 and 141 are tested where interrupts and pipes are)."""
+    if argv[0] == "train":
+        argv = argv + ["--out", str(tmp_path / "run")]
+    done = subprocess.run([sys.executable, "-m", "jaxlenet", *argv], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    assert last in (done.stderr if code else done.stdout).strip().splitlines()[-1], done.stderr
+    if code == cli.EXIT_DIVERGED:
+        assert not (tmp_path / "run").exists()  # diverged in its first epoch: nothing kept

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlenet import checkpoint, devices, models, nd, runs, train
+from jaxlenet import checkpoint, devices, layers, models, nd, runs, train
 from jaxlenet.losses import softmax_cross_entropy
 
 
@@ -72,14 +72,25 @@ def test_one_epoch_is_the_tutorials_sgd_with_the_last_batch_divided_by_batch_siz
 
 
 def test_evaluate_counts_every_example_once():
+    """130 examples in batches of 32: the last batch holds 2. Only those 2 are labelled with the
+    class the model picks, so the accuracy is 2/130 exactly when they count once (0 if dropped,
+    more if padding counted); the output layer is scaled so that the losses differ by units and
+    the mean moves visibly with any example dropped or counted twice."""
     model = models.build("lenet")
     params = model.init(jax.random.PRNGKey(0))
-    (_, _), (x, y) = small_dataset(n_test=130)
+    params["dense1"]["weight"] = params["dense1"]["weight"] * 50
+    (_, _), (x, _) = small_dataset(n_test=130)
+    logits = np.asarray(model.apply(params, jnp.asarray(x, jnp.float32)[:, None] / 255.0),
+                        np.float64)
+    picked = logits.argmax(-1)
+    y = np.where(np.arange(130) >= 128, picked, (picked + 1) % 10).astype(np.int32)
+    shifted = logits - logits.max(-1, keepdims=True)
+    losses = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(130), y]
+    assert np.ptp(losses) > 2
     loss, acc = train.make_evaluate(model, batch_size=32)(params, jnp.asarray(x), jnp.asarray(y))
-    logits = model.apply(params, jnp.asarray(x, jnp.float32)[:, None] / 255.0)
-    np.testing.assert_allclose(float(loss), float(jnp.mean(softmax_cross_entropy(logits, y))),
-                               rtol=1e-5)
-    assert float(acc) == pytest.approx(float(jnp.mean(jnp.argmax(logits, -1) == y)))
+    assert float(acc) == pytest.approx(2 / 130, abs=1e-7)
+    np.testing.assert_allclose(float(loss), losses.mean(), rtol=1e-5)
+    assert abs(losses[:128].mean() - losses.mean()) > 1e-3  # what dropping the 2 would change
 
 
 def test_training_learns_and_is_deterministic(tmp_path):
@@ -156,6 +167,23 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / runs.CHECKPOINT).read_bytes() == before
 
 
+def test_a_loss_that_overflows_to_inf_without_a_nan_is_divergence(tmp_path):
+    """Finite logits of +-3e38: an example whose class scores -3e38 has a cross-entropy of 6e38,
+    inf in float32, while nothing is NaN (the saturated scores have zero gradients)."""
+    saturate = layers.Layer(lambda key, shape: (shape, {}),
+                            lambda params, x: jnp.clip(x * 1e38, -3e38, 3e38))
+    model = models.from_layers((("flatten0", layers.Flatten()), ("dense0", layers.Dense(10)),
+                                ("saturate", saturate)), name="saturating", impl="reference")
+    dataset = small_dataset(n_train=64, n_test=10)
+    params = model.init(jax.random.PRNGKey(0))
+    logits = model.apply(params, jnp.asarray(dataset[0][0][:32, None], jnp.float32) / 255)
+    assert bool(jnp.isfinite(logits).all())
+    with pytest.raises(train.TrainingDiverged, match="epoch 1: the training loss is inf;"):
+        train.fit(train.Config(epochs=2, batch_size=32, model="code:saturating"), dataset,
+                  out_dir=tmp_path / "run", model=model, log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_tampered_and_truncated_checkpoints_are_refused(tmp_path):
     dataset = small_dataset(n_train=64, n_test=10)
     train.fit(train.Config(epochs=1, batch_size=32), dataset, out_dir=tmp_path, log=lambda _: None)
@@ -204,6 +232,40 @@ def test_optimizer_matches_mxnet_sgd_with_weight_decay_and_momentum():
         mom = 0.9 * mom + (np.array([0.5, 0.25]) + 0.01 * expected)  # MXNet: grad + wd * weight
         expected = expected - 0.1 * mom
     np.testing.assert_allclose(w["w"], expected, rtol=1e-6)
+
+
+def _learning_rates(schedule: str, epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """The rate of each step, read off the optimiser: the update of a weight whose gradient is 1,
+    without momentum or weight decay, is minus the rate."""
+    config = train.Config(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                          schedule=schedule, epochs=epochs)
+    opt = train.optimizer(config, steps_per_epoch)
+    state, rates = opt.init(jnp.zeros(())), []
+    for _ in range(epochs * steps_per_epoch):
+        update, state = opt.update(jnp.ones(()), state)
+        rates.append(-float(update))
+    return np.array(rates)
+
+
+def test_learning_rate_schedules_step_by_step():
+    """Each schedule's rate at every step against its formula, written out here: one-cycle
+    rises along a half cosine from lr/25 to lr over the first 30% of the steps, then falls along
+    a half cosine to lr/25e4; cosine falls from lr to 0."""
+    total, peak = 2 * 50, 0.1
+    steps = np.arange(total)
+
+    def half_cosine(start, end, fraction):
+        return end + (start - end) * (1 + np.cos(np.pi * fraction)) / 2
+
+    rise = int(0.3 * total)
+    onecycle = np.where(steps <= rise, half_cosine(peak / 25, peak, steps / rise),
+                        half_cosine(peak, peak / 25e4, (steps - rise) / (total - rise)))
+    np.testing.assert_allclose(_learning_rates("onecycle", 2, 50), onecycle, rtol=1e-5, atol=1e-8)
+    assert onecycle[0] == pytest.approx(0.004) and onecycle[rise] == pytest.approx(0.1)
+    np.testing.assert_allclose(_learning_rates("cosine", 2, 50),
+                               half_cosine(peak, 0.0, steps / total), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(_learning_rates("constant", 2, 50), np.full(total, peak),
+                               rtol=1e-6)
 
 
 def test_select_device():
