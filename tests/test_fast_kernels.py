@@ -178,10 +178,11 @@ def test_input_gradient_kernel_equals_float64_autodiff(n, size, channels, filter
 
 
 @needs_kernels
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("positions,filters", [(4, 20), (4, 6), (6, 3), (1, 9)])
-def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters):
-    """The max over each window's positions and the first position holding it, with exact ties
-    (small integers)."""
+def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters, relu):
+    """The max over each window's positions (with ``relu``, its ReLU) and the first position
+    holding it, with exact ties (small integers)."""
     rng = np.random.default_rng(5)
     x = rng.integers(-2, 3, (3, 7, 8, 4)).astype(np.float32)
     w = rng.integers(-1, 2, (positions * filters, 4, 3, 3)).astype(np.float32)
@@ -194,13 +195,15 @@ def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters):
         top = jnp.max(y, axis=3)
         position = jnp.arange(positions).reshape(1, 1, 1, positions, 1)
         first = jnp.min(jnp.where(y == top[:, :, :, None], position, positions), axis=3)
-        return top, first.astype(jnp.int32)
+        return layers.relu(top) if relu else top, first.astype(jnp.int32)
 
-    forward = jax.jit(lambda x, w, b: kernels.conv_max_forward(x, w, b, positions, by_xla))
+    forward = jax.jit(lambda x, w, b: kernels.conv_max_forward(x, w, b, positions, by_xla,
+                                                               relu=relu))
     assert "jaxlenet_conv_max_forward" in forward.lower(x, w, b).as_text()
     (top, first), (want_top, want_first) = forward(x, w, b), jax.jit(by_xla)(x, w, b)
     np.testing.assert_array_equal(top, want_top)
     np.testing.assert_array_equal(first, want_first)
+    assert (np.asarray(want_top) < 0).any() != relu  # negative maxima, which the ReLU zeroes
     if positions > 1:  # the maxima lie at several positions, not always the first
         assert len(np.unique(np.asarray(first))) > 1
 

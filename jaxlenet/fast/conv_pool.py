@@ -107,8 +107,8 @@ def _conv_act_max(x, weight, bias, window, activation):
     out, and x is read at that position alone."""
     if activation == "relu":
         blocks, block_weight, block_bias = _as_blocks(x, weight, bias, window)
-        return relu(_conv_positions_max(blocks, block_weight, block_bias,
-                                        window[0] * window[1], relu_first=True)[0])
+        return _conv_positions_max(blocks, block_weight, block_bias, window[0] * window[1],
+                                   relu_first=True, relu_after=True)[0]
     return _conv_act_max_fwd(x, weight, bias, window, activation)[0]
 
 
@@ -117,9 +117,10 @@ def _conv_act_max_fwd(x, weight, bias, window, activation):
     positions = window[0] * window[1]
     if activation == "relu":
         # ReLU commutes with max, and where it ties distinct inputs (at 0) its derivative is 0:
-        # the max and the first maximum of the convolution's output serve.
-        top, first = _conv_positions_max(blocks, block_weight, block_bias, positions)
-        out = relu(top)
+        # the max and the first maximum of the convolution's output serve. The ReLU's output
+        # tells its derivative as well as its input does (out > 0 exactly where top > 0).
+        out, first = _conv_positions_max(blocks, block_weight, block_bias, positions,
+                                         relu_after=True)
     else:
         # MXNet pools the activation's output; where the activation ties distinct inputs
         # (sigmoid saturates), that decides which position takes the gradient.
@@ -209,13 +210,14 @@ def _conv_act_pool_bwd(window, activation, residuals, cotangent):
 _conv_act_pool.defvjp(_conv_act_pool_fwd, _conv_act_pool_bwd)
 
 
-def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False):
-    """(the max over the positions of conv(blocks, weight, bias), the first position holding
-    it), each (N, Ho, Wo, O): on the CPU by one C++ kernel that never writes the convolution's
-    output out whole (``kernels.conv_max_forward``). Elsewhere, with ``relu_first``, the ReLU
-    runs before the max (the same values after a ReLU of the max, and a different first
-    position, for callers that need none): it keeps XLA from fusing the max into the
-    convolution's YNNPACK call, which runs slower."""
+def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False,
+                        relu_after=False):
+    """(the max over the positions of conv(blocks, weight, bias), with ``relu_after`` its ReLU, and
+    the first position holding the max), each (N, Ho, Wo, O): on the CPU by one C++ kernel
+    that never writes the convolution's output out whole (``kernels.conv_max_forward``).
+    Elsewhere, with ``relu_first``, the ReLU runs before the max (the same values after a ReLU
+    of the max, and a different first position, for callers that need none): it keeps XLA from
+    fusing the max into the convolution's YNNPACK call, which runs slower."""
     def by_xla(blocks, weight, bias):
         y = conv(blocks, weight, bias)
         y = y.reshape(y.shape[:3] + (positions, -1))
@@ -223,9 +225,10 @@ def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False):
             y = relu(y)
         top = jnp.max(y, axis=3, keepdims=True)
         _, first = first_maximum(y, top, (3,))
-        return top[:, :, :, 0], first[:, :, :, 0]
+        top = top[:, :, :, 0]
+        return relu(top) if relu_after else top, first[:, :, :, 0]
 
-    return kernels.conv_max_forward(blocks, weight, bias, positions, by_xla)
+    return kernels.conv_max_forward(blocks, weight, bias, positions, by_xla, relu=relu_after)
 
 
 def _positions_max(y):

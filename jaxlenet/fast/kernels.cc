@@ -908,8 +908,8 @@ ffi::Error ConvInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
 // vector of filters at a time, the last one overlapping the one before rather than masked
 // (masked stores are slow on Zen 3); GCC's own vectorization of these loops ran 5x slower, on
 // branches.
-void MaxOverPositions(const float* cell, int32_t positions, int64_t filters, float* top,
-                      int32_t* first) {
+void MaxOverPositions(const float* cell, int32_t positions, int64_t filters, bool relu,
+                      float* top, int32_t* first) {
   if (filters < kLanes) {
     for (int64_t o = 0; o < filters; ++o) {
       float t = cell[o];
@@ -919,7 +919,7 @@ void MaxOverPositions(const float* cell, int32_t positions, int64_t filters, flo
       }
       int32_t f = positions;
       for (int32_t p = positions - 1; p >= 0; --p) f = cell[p * filters + o] == t ? p : f;
-      top[o] = t;
+      top[o] = relu && !(t > 0) ? 0.0f : t;  // XLA's ReLU: NaN gives 0
       first[o] = f;
     }
     return;
@@ -933,7 +933,7 @@ void MaxOverPositions(const float* cell, int32_t positions, int64_t filters, flo
     Ints f = BroadcastInt(positions);
     for (int32_t p = positions - 1; p >= 0; --p)
       f = SelectInts(Equal(Load(cell + p * filters + o), t), BroadcastInt(p), f);
-    Store(top + o, t);
+    Store(top + o, relu ? Select(Greater(t, Zero()), t, Zero()) : t);
     StoreInts(first + o, f);
     if (o == filters - kLanes) break;
   }
@@ -944,9 +944,11 @@ void MaxOverPositions(const float* cell, int32_t positions, int64_t filters, flo
 // C), wt (KH, KW, C, P*O) and b (P*O), top (N, H-KH+1, W-KW+1, O) is the max over p of filter
 // p*O + o (NaN where one of them is), and first (same shape, int32) the first p holding it (P
 // where the max is NaN). The convolution's output is written one row at a time into a buffer in
-// cache, not out whole (12 MB for LeNet's first layer, which XLA then read three times).
+// cache, not out whole (12 MB for LeNet's first layer, which XLA then read three times). With
+// `relu` (0 or 1), top is the ReLU of that max (0 where it is NaN, as XLA's ReLU): the pass of
+// XLA's over the whole output that it saves cost ~5% of LeNet's training step.
 ffi::Error ConvMaxForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt,
-                          ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> top,
+                          ffi::Buffer<ffi::F32> b, int64_t relu, ffi::ResultBuffer<ffi::F32> top,
                           ffi::ResultBuffer<ffi::S32> first) {
   const auto xd = x.dimensions(), wd = wt.dimensions(), bd = b.dimensions(),
              td = top->dimensions(), fd = first->dimensions();
@@ -974,8 +976,8 @@ ffi::Error ConvMaxForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
         ForwardRow(s, xp + n * s.h * s.w * s.c, packed, row.data(), h);
         const int64_t out = ((n * s.ho() + h) * s.wo()) * filters;
         for (int64_t w = 0; w < s.wo(); ++w)
-          MaxOverPositions(row.data() + w * s.o, positions, filters, topp + out + w * filters,
-                           firstp + out + w * filters);
+          MaxOverPositions(row.data() + w * s.o, positions, filters, relu != 0,
+                           topp + out + w * filters, firstp + out + w * filters);
       }
     }
   });
@@ -1027,5 +1029,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvMaxForward, ConvMaxForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("relu")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());

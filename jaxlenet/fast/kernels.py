@@ -113,13 +113,13 @@ def conv_input_grad(dy, weight, fallback, *, padding=(0, 0, 0, 0), input_shape):
     return _on_cpu(on_cpu, fallback, dy, weight)
 
 
-def conv_max_forward(x, weight, bias, positions, fallback):
+def conv_max_forward(x, weight, bias, positions, fallback, *, relu: bool = False):
     """``conv_forward`` for a convolution whose P*O filters are the P = ``positions`` positions
     of a max pool's windows times O filters (``weight`` (P*O, C, kh, kw)), followed by the max
     over the positions: (top, first), both (N, H-kh+1, W-kw+1, O), top the max over p of filter
-    p*O + o (NaN where one is NaN), first the first p holding it (int32; P where top is NaN).
-    The convolution's output is never written out whole. ``fallback(x, weight, bias)``
-    elsewhere."""
+    p*O + o (NaN where one is NaN; with ``relu``, its ReLU), first the first p holding it
+    (int32; P where the max is NaN). The convolution's output is never written out whole.
+    ``fallback(x, weight, bias)`` elsewhere, which must give the same (top, first)."""
     def on_cpu(x, weight, bias):
         _, _, kh, kw = weight.shape
         shape = (x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1,
@@ -127,7 +127,8 @@ def conv_max_forward(x, weight, bias, positions, fallback):
         return jax.ffi.ffi_call(
             _MAX_FORWARD, (jax.ShapeDtypeStruct(shape, jnp.float32),
                            jax.ShapeDtypeStruct(shape, jnp.int32)),
-            vmap_method="sequential")(x, jnp.transpose(weight, (2, 3, 1, 0)), bias)
+            vmap_method="sequential")(x, jnp.transpose(weight, (2, 3, 1, 0)), bias,
+                                      relu=np.int64(relu))
 
     return _on_cpu(on_cpu, fallback, x, weight, bias)
 
