@@ -208,6 +208,42 @@ def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters, 
         assert len(np.unique(np.asarray(first))) > 1
 
 
+@needs_kernels
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("window,filters,size", [((2, 2), 50, (12, 12)), ((2, 2), 7, (9, 8)),
+                                                 ((3, 2), 20, (10, 9)), ((1, 1), 9, (5, 4))])
+def test_conv_pool_forward_kernel_equals_the_xla_formulation(window, filters, size, relu):
+    """A convolution and the max pool over its non-overlapping windows (rows and columns left
+    over where the windows do not divide the output), with exact ties (small integers): the
+    max, with ``relu`` its ReLU, and the first position of the window holding it."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(-2, 3, (3,) + size + (5,)).astype(np.float32)
+    w = rng.integers(-1, 2, (filters, 5, 3, 3)).astype(np.float32)
+    b = rng.integers(-1, 2, filters).astype(np.float32)
+    (ph, pw) = window
+
+    def by_xla(x, w, b):
+        y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + b[None, None, None]
+        n, ho, wo, o = y.shape
+        windows = y[:, :ho // ph * ph, :wo // pw * pw].reshape(n, ho // ph, ph, wo // pw, pw, o)
+        windows = jnp.moveaxis(windows, 2, 3).reshape(n, ho // ph, wo // pw, ph * pw, o)
+        top = jnp.max(windows, axis=3)
+        position = jnp.arange(ph * pw).reshape(1, 1, 1, ph * pw, 1)
+        first = jnp.min(jnp.where(windows == top[:, :, :, None], position, ph * pw), axis=3)
+        return layers.relu(top) if relu else top, first.astype(jnp.int32)
+
+    forward = jax.jit(lambda x, w, b: kernels.conv_pool_forward(x, w, b, window, by_xla,
+                                                                relu=relu))
+    assert "jaxlenet_conv_pool_forward" in forward.lower(x, w, b).as_text()
+    (top, first), (want_top, want_first) = forward(x, w, b), jax.jit(by_xla)(x, w, b)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_array_equal(first, want_first)
+    assert (np.asarray(want_top) < 0).any() != relu or window == (3, 2)
+    if window != (1, 1):  # the maxima lie at several positions, not always the first
+        assert len(np.unique(np.asarray(first))) > 1
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64")
                     or not shutil.which("g++"), reason="needs x86-64 and g++")
 def test_kernels_build_for_the_other_instruction_set(tmp_path, monkeypatch):

@@ -169,20 +169,17 @@ def _conv_act_pool(x, weight, bias, window, activation):
     Differentiated, the pool keeps the first position holding each maximum, and the weight's
     gradient comes from it and the pooled output (``kernels.conv_pool_param_grads``): on the
     CPU, x is read at that position alone."""
+    if activation == "relu":
+        return _conv_pool_max(x, weight, bias, window, relu_after=True)[0]
     return max_pool(ACTIVATIONS[activation](conv(x, weight, bias)), window, layout="NHWC")
 
 
 def _conv_act_pool_fwd(x, weight, bias, window, activation):
-    y = conv(x, weight, bias)
-    if activation != "relu":  # ReLU commutes with max (see _conv_act_max_fwd)
-        y = ACTIVATIONS[activation](y)
-    (ph, pw), (n, ho, wo, out_channels) = window, y.shape
-    windows = y[:, :ho // ph * ph, :wo // pw * pw].reshape(n, ho // ph, ph, wo // pw, pw,
-                                                            out_channels)
-    top = jnp.max(windows, axis=(2, 4), keepdims=True)
-    _, first = first_maximum(windows, top, (2, 4))
-    out = top[:, :, 0, :, 0]
-    return relu(out) if activation == "relu" else out, (x, weight, first[:, :, 0, :, 0], out)
+    if activation == "relu":  # ReLU commutes with max (see _conv_act_max_fwd)
+        out, first = _conv_pool_max(x, weight, bias, window, relu_after=True)
+    else:
+        out, first = _conv_pool_max(x, weight, bias, window, activation=activation)
+    return out, (x, weight, first, out)
 
 
 def _conv_act_pool_bwd(window, activation, residuals, cotangent):
@@ -229,6 +226,28 @@ def _conv_positions_max(blocks, weight, bias, positions, *, relu_first=False,
         return relu(top) if relu_after else top, first[:, :, :, 0]
 
     return kernels.conv_max_forward(blocks, weight, bias, positions, by_xla, relu=relu_after)
+
+
+def _conv_pool_max(x, weight, bias, window, *, activation=None, relu_after=False):
+    """(the max pool over ``window`` of act(conv(x, weight, bias)), with ``relu_after`` its
+    ReLU, and the first position p = pi * pw + pj of each window holding the max), each (N, Hp,
+    Wp, O), for ``x`` (N, H, W, C) padded already: without an activation, on the CPU by one C++
+    kernel that never writes the convolution's output out (``kernels.conv_pool_forward``)."""
+    def by_xla(x, weight, bias):
+        y = conv(x, weight, bias)
+        if activation is not None:
+            y = ACTIVATIONS[activation](y)
+        (ph, pw), (n, ho, wo, out_channels) = window, y.shape
+        windows = y[:, :ho // ph * ph, :wo // pw * pw].reshape(n, ho // ph, ph, wo // pw, pw,
+                                                                out_channels)
+        top = jnp.max(windows, axis=(2, 4), keepdims=True)
+        _, first = first_maximum(windows, top, (2, 4))
+        top = top[:, :, 0, :, 0]
+        return relu(top) if relu_after else top, first[:, :, 0, :, 0]
+
+    if activation is not None:
+        return by_xla(x, weight, bias)
+    return kernels.conv_pool_forward(x, weight, bias, window, by_xla, relu=relu_after)
 
 
 def _positions_max(y):

@@ -31,6 +31,10 @@
 // JaxlenetConvMaxForward: JaxlenetConvForward for jaxlenet's convolution fused with a max pool,
 // and the max over each window's positions, with the first position that holds it.
 //
+// JaxlenetConvPoolForward: JaxlenetConvForward followed by a max pool over non-overlapping
+// windows of its output, with the first position of each window that holds the max; the
+// convolution's rows stay in cache.
+//
 // JaxlenetConvPoolParamGrads: the weight and bias gradients of a stride-1 convolution followed
 // by a max pool of non-overlapping ph x pw windows (attribute `window`), given the maximum's
 // cotangent dmax (N, Hp, Wp, O) and the first position p = pi * pw + pj of each window holding
@@ -984,6 +988,61 @@ ffi::Error ConvMaxForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
+// A stride-1 convolution of x (N, H, W, C) with wt (KH, KW, C, O) and b (O), then a max pool of
+// non-overlapping ph x pw windows (attribute `window`) over its output, and with `relu` (0 or 1)
+// the ReLU of each max: top (N, Hp, Wp, O), Hp = (H-KH+1) / ph and Wp likewise, and first (same
+// shape, int32), the first position p = pi * pw + pj of the window holding the max (ph * pw where
+// it is NaN), as JaxlenetConvPoolParamGrads takes it. The convolution's output is computed ph
+// rows at a time into a buffer in cache and never written out (XLA's pool read it twice, ~5% of
+// LeNet's step); rows and columns that fill no window are not computed.
+ffi::Error ConvPoolForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt,
+                           ffi::Buffer<ffi::F32> b, ffi::Span<const int64_t> window, int64_t relu,
+                           ffi::ResultBuffer<ffi::F32> top, ffi::ResultBuffer<ffi::S32> first) {
+  const auto xd = x.dimensions(), wd = wt.dimensions(), bd = b.dimensions(),
+             td = top->dimensions(), fd = first->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || bd.size() != 1 || td.size() != 4 || fd.size() != 4 ||
+      window.size() != 2 || window[0] < 1 || window[1] < 1) {
+    return ffi::Error::InvalidArgument(
+        "conv-pool forward: x, wt, top and first must be 4-D, b 1-D, window 2 sizes >= 1");
+  }
+  const Shape s{xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1]};
+  const int64_t ph = window[0], pw = window[1];
+  if (wd[2] != s.c || bd[0] != s.o || s.ho() < ph || s.wo() < pw || td[0] != s.n ||
+      td[1] != s.ho() / ph || td[2] != s.wo() / pw || td[3] != s.o || fd[0] != td[0] ||
+      fd[1] != td[1] || fd[2] != td[2] || fd[3] != td[3]) {
+    return ffi::Error::InvalidArgument(
+        "conv-pool forward: expected x (N, H, W, C), wt (KH, KW, C, O), b (O), and top and "
+        "first (N, (H-KH+1) / ph, (W-KW+1) / pw, O)");
+  }
+  const int64_t hp = td[1], wp = td[2];
+  const int32_t positions = static_cast<int32_t>(ph * pw);
+  const float* xp = x.typed_data();
+  float* topp = top->typed_data();
+  int32_t* firstp = first->typed_data();
+  const PackedFilters packed(s, wt.typed_data(), b.typed_data());
+  ParallelFor(pool, s.n, std::min(s.n, kImageChunks), [&](int64_t n0, int64_t n1, int64_t) {
+    std::vector<float> rows(ph * s.wo() * s.o), cell(positions * s.o);
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* xn = xp + n * s.h * s.w * s.c;
+      for (int64_t i = 0; i < hp; ++i) {
+        for (int64_t r = 0; r < ph; ++r)
+          ForwardRow(s, xn, packed, rows.data() + r * s.wo() * s.o, i * ph + r);
+        const int64_t out = ((n * hp + i) * wp) * s.o;
+        for (int64_t j = 0; j < wp; ++j) {
+          for (int64_t pi = 0; pi < ph; ++pi)
+            for (int64_t pj = 0; pj < pw; ++pj) {
+              const float* from = rows.data() + (pi * s.wo() + j * pw + pj) * s.o;
+              std::copy(from, from + s.o, cell.data() + (pi * pw + pj) * s.o);
+            }
+          MaxOverPositions(cell.data(), positions, s.o, relu != 0, topp + out + j * s.o,
+                           firstp + out + j * s.o);
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 extern "C" int cpu_kernels_supported() { return JAXLENET_ISA_SUPPORTED; }
@@ -1022,6 +1081,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolParamGrads, ConvPoolParamGrads,
                                   .Attr<ffi::Span<const int64_t>>("window")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolForward, ConvPoolForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<int64_t>("relu")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvMaxForward, ConvMaxForward,
                               ffi::Ffi::Bind()

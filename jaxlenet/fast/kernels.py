@@ -39,6 +39,7 @@ _FORWARD = "jaxlenet_conv_forward"
 _INPUT_GRAD = "jaxlenet_conv_input_grad"
 _POOL_PARAM_GRADS = "jaxlenet_conv_pool_param_grads"
 _MAX_FORWARD = "jaxlenet_conv_max_forward"
+_POOL_FORWARD = "jaxlenet_conv_pool_forward"
 # The instruction sets the kernels are written for, widest first: the CPU flags each needs (as
 # Linux's /proc/cpuinfo names them) and the compiler's flags for it.
 _INSTRUCTION_SETS = {"avx512": ({"avx512f", "fma"}, ["-mavx512f", "-mfma"]),
@@ -133,6 +134,26 @@ def conv_max_forward(x, weight, bias, positions, fallback, *, relu: bool = False
     return _on_cpu(on_cpu, fallback, x, weight, bias)
 
 
+def conv_pool_forward(x, weight, bias, window, fallback, *, relu: bool = False):
+    """A stride-1 convolution of ``x`` (N, H, W, C), padded already, with ``weight`` (O, C, kh,
+    kw) and ``bias`` (O,), then the max pool of its non-overlapping ``window`` (ph, pw) windows:
+    (top, first), both (N, (H-kh+1) // ph, (W-kw+1) // pw, O), top the max (NaN where one is
+    NaN; with ``relu``, its ReLU), first the first position p = pi * pw + pj holding it (int32;
+    ph * pw where the max is NaN). The convolution's output is never written out.
+    ``fallback(x, weight, bias)`` elsewhere, which must give the same (top, first)."""
+    def on_cpu(x, weight, bias):
+        _, _, kh, kw = weight.shape
+        shape = (x.shape[0], (x.shape[1] - kh + 1) // window[0],
+                 (x.shape[2] - kw + 1) // window[1], weight.shape[0])
+        return jax.ffi.ffi_call(
+            _POOL_FORWARD, (jax.ShapeDtypeStruct(shape, jnp.float32),
+                            jax.ShapeDtypeStruct(shape, jnp.int32)),
+            vmap_method="sequential")(x, jnp.transpose(weight, (2, 3, 1, 0)), bias,
+                                      window=np.array(window, np.int64), relu=np.int64(relu))
+
+    return _on_cpu(on_cpu, fallback, x, weight, bias)
+
+
 def run_on(*arrays) -> bool:
     """Whether the kernels take these arrays where the program runs on the CPU: their floating
     arrays are all float32, and the kernels are ``available()``."""
@@ -167,7 +188,8 @@ def available() -> bool:
                           (_FORWARD, library.JaxlenetConvForward),
                           (_INPUT_GRAD, library.JaxlenetConvInputGrad),
                           (_POOL_PARAM_GRADS, library.JaxlenetConvPoolParamGrads),
-                          (_MAX_FORWARD, library.JaxlenetConvMaxForward)):
+                          (_MAX_FORWARD, library.JaxlenetConvMaxForward),
+                          (_POOL_FORWARD, library.JaxlenetConvPoolForward)):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
