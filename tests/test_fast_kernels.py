@@ -245,6 +245,45 @@ def test_conv_pool_forward_kernel_equals_the_xla_formulation(window, filters, si
         assert len(np.unique(np.asarray(first))) > 1
 
 
+@needs_kernels
+@pytest.mark.parametrize("window,channels,size", [((2, 2), 20, (12, 12)), ((2, 2), 3, (9, 8)),
+                                                  ((3, 2), 6, (10, 9)), ((1, 1), 9, (5, 4)),
+                                                  ((2, 2), 60, (8, 8))])
+def test_conv_pool_input_grad_kernel_equals_the_dense_input_gradient(window, channels, size):
+    """The input gradient from each window's first maximum and its cotangent equals the input
+    gradient of the convolution's whole cotangent (zero but at that position), computed as a
+    transposed convolution by XLA; a window whose max is NaN (first = ph * pw) passes nothing,
+    rows and columns no window reads get 0; kernel rows longer than the registers hold (60
+    channels) are added in blocks."""
+    rng = np.random.default_rng(7)
+    (ph, pw), kernel, filters = window, (3, 3), 7
+    n, (h, w) = 2, size
+    hp, wp = (h - 2) // ph, (w - 2) // pw
+    first = rng.integers(0, ph * pw + 1, (n, hp, wp, filters)).astype(np.int32)
+    dmax = rng.standard_normal((n, hp, wp, filters)).astype(np.float32)
+    weight = rng.standard_normal((filters, channels) + kernel).astype(np.float32)
+
+    def dense(first, dmax, weight):
+        position = jnp.arange(ph * pw).reshape(1, 1, ph, 1, pw, 1)
+        dy = jnp.where(position == first[:, :, None, :, None], dmax[:, :, None, :, None], 0.0)
+        dy = dy.reshape(n, hp * ph, wp * pw, filters)
+        dy = jnp.pad(dy, ((0, 0), (0, h - 2 - hp * ph), (0, w - 2 - wp * pw), (0, 0)))
+        y_to_x = jax.linear_transpose(
+            lambda x: lax.conv_general_dilated(x, jnp.transpose(weight, (2, 3, 1, 0)), (1, 1),
+                                               "VALID", dimension_numbers=("NHWC", "HWIO",
+                                                                           "NHWC")),
+            jax.ShapeDtypeStruct((n, h, w, channels), jnp.float32))
+        return y_to_x(dy)[0]
+
+    grad = jax.jit(lambda f, m, wt: kernels.conv_pool_input_grad(
+        f, m, wt, window, dense, input_shape=(n, h, w, channels)))
+    assert "jaxlenet_conv_pool_input_grad" in grad.lower(first, dmax, weight).as_text()
+    want = jax.jit(dense)(first, dmax, weight)
+    np.testing.assert_allclose(grad(first, dmax, weight), want, rtol=1e-5,
+                               atol=1e-5 * float(jnp.abs(want).max()))
+    assert (first == ph * pw).any()
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64")
                     or not shutil.which("g++"), reason="needs x86-64 and g++")
 def test_kernels_build_for_the_other_instruction_set(tmp_path, monkeypatch):

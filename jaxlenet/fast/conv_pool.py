@@ -200,7 +200,10 @@ def _conv_act_pool_bwd(window, activation, residuals, cotangent):
         x, first, dmax, kernel, window,
         lambda x, first, dmax: weight_and_bias_grads(x, conv_cotangent(first, dmax), kernel,
                                                      (0, 0)))
-    dx = input_grad(conv_cotangent(first, dmax), weight, (0, 0))
+    dx = kernels.conv_pool_input_grad(
+        first, dmax, weight, window,
+        lambda first, dmax, weight: input_grad(conv_cotangent(first, dmax), weight, (0, 0)),
+        input_shape=x.shape)
     return dx.astype(x.dtype), dw.astype(weight.dtype), db.astype(weight.dtype)
 
 

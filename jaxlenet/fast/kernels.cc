@@ -31,6 +31,9 @@
 // JaxlenetConvMaxForward: JaxlenetConvForward for jaxlenet's convolution fused with a max pool,
 // and the max over each window's positions, with the first position that holds it.
 //
+// JaxlenetConvPoolInputGrad: the input gradient of a convolution followed by such a pool, from
+// the first maximum's position and cotangent: one kernel's worth per window and filter.
+//
 // JaxlenetConvPoolForward: JaxlenetConvForward followed by a max pool over non-overlapping
 // windows of its output, with the first position of each window that holds the max; the
 // convolution's rows stay in cache.
@@ -1043,6 +1046,125 @@ ffi::Error ConvPoolForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   return ffi::Error::Success();
 }
 
+// Adds sum over the filters `o` listed (with their cotangents `m`) of m * weight row, for row
+// vectors [b0, b0 + NB) of kernel row r, into out (dx at that kernel row of the patch): the sums
+// stay in registers, each weight vector is loaded once per filter, and dx is read and written
+// once per window position, not once per filter (whose stores the next filter's loads waited on).
+template <int NB>
+void PoolInputGradBlock(const float* padded, int64_t rvp, int64_t kh, int64_t r, int64_t b0,
+                        const int32_t* o_list, const float* m_list, int64_t count, int64_t row,
+                        float* out) {
+  Vec acc[NB];
+#pragma GCC unroll 8
+  for (int k = 0; k < NB; ++k) acc[k] = Zero();
+  for (int64_t t = 0; t < count; ++t) {
+    const Vec mv = Broadcast(m_list[t]);
+    const float* wrow = padded + ((o_list[t] * kh + r) * rvp + b0) * kLanes;
+#pragma GCC unroll 8
+    for (int k = 0; k < NB; ++k) acc[k] = MulAdd(mv, Load(wrow + k * kLanes), acc[k]);
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < NB; ++k) {
+    const int64_t start = (b0 + k) * kLanes;
+    if (start + kLanes <= row) {
+      Store(out + start, Add(Load(out + start), acc[k]));
+    } else {
+      alignas(64) float tail[kLanes];
+      Store(tail, acc[k]);
+      for (int64_t v = start; v < row; ++v) out[v] += tail[v - start];
+    }
+  }
+}
+
+using PoolInputGradBlockFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t,
+                                      const int32_t*, const float*, int64_t, int64_t, float*);
+
+PoolInputGradBlockFn PoolInputGradBlockFor(int64_t nb) {
+  switch (nb) {
+    case 1: return PoolInputGradBlock<1>;
+    case 2: return PoolInputGradBlock<2>;
+    case 3: return PoolInputGradBlock<3>;
+    case 4: return PoolInputGradBlock<4>;
+    case 5: return PoolInputGradBlock<5>;
+    case 6: return PoolInputGradBlock<6>;
+    case 7: return PoolInputGradBlock<7>;
+    default: return PoolInputGradBlock<8>;
+  }
+}
+
+// The input gradient of a stride-1 convolution followed by a max pool of non-overlapping ph x pw
+// windows (attribute `window`), from the pooled output's cotangent dmax (N, Hp, Wp, O) and the
+// first position p = pi * pw + pj of each window holding the max, first (same shape; ph * pw
+// where it is NaN: the window passes nothing):
+//   dx[n, ph*h + pi + i, pw*w + pj + j, c] += dmax[n, h, w, o] * wr[o, i, j, c]
+// for each window (h, w) and filter o, wr (O, KH, KW, C), dx (N, H, W, C) (x padded already;
+// rows and columns no window reads stay 0). Only that position of a window passes a gradient:
+// a quarter of the dense input gradient's arithmetic for 2x2 windows, whose cotangent XLA wrote
+// out first. Each image's sums run in one fixed order (windows row by row, positions, filters).
+ffi::Error ConvPoolInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> first,
+                             ffi::Buffer<ffi::F32> dmax, ffi::Buffer<ffi::F32> wr,
+                             ffi::Span<const int64_t> window, ffi::ResultBuffer<ffi::F32> dx) {
+  const auto fd = first.dimensions(), md = dmax.dimensions(), wd = wr.dimensions(),
+             xd = dx->dimensions();
+  if (fd.size() != 4 || md.size() != 4 || wd.size() != 4 || xd.size() != 4 ||
+      window.size() != 2 || window[0] < 1 || window[1] < 1) {
+    return ffi::Error::InvalidArgument(
+        "conv-pool input gradient: first, dmax, wr and dx must be 4-D, window 2 sizes >= 1");
+  }
+  const int64_t n_images = xd[0], h = xd[1], w = xd[2], c = xd[3], filters = wd[0], kh = wd[1],
+                kw = wd[2], ph = window[0], pw = window[1], hp = fd[1], wpool = fd[2];
+  if (wd[3] != c || fd[0] != n_images || fd[3] != filters || md[0] != fd[0] ||
+      md[1] != fd[1] || md[2] != fd[2] || md[3] != fd[3] || h < kh || w < kw ||
+      hp != (h - kh + 1) / ph || wpool != (w - kw + 1) / pw || hp < 1 || wpool < 1) {
+    return ffi::Error::InvalidArgument(
+        "conv-pool input gradient: expected first and dmax (N, (H-KH+1) / ph, (W-KW+1) / pw, "
+        "O), wr (O, KH, KW, C) and dx (N, H, W, C)");
+  }
+  const int32_t positions = static_cast<int32_t>(ph * pw);
+  const int64_t row = kw * c, rvp = VectorsFor(row), image = h * w * c,
+                cells = hp * wpool * filters;
+  // Each kernel row padded with zeros to whole vectors, so that every weight load is whole.
+  std::vector<float> padded(filters * kh * rvp * kLanes, 0.0f);
+  for (int64_t o = 0; o < filters; ++o)
+    for (int64_t r = 0; r < kh; ++r)
+      std::copy(wr.typed_data() + (o * kh + r) * row, wr.typed_data() + (o * kh + r + 1) * row,
+                padded.begin() + (o * kh + r) * rvp * kLanes);
+  float* dxp = dx->typed_data();
+  ParallelFor(pool, n_images, std::min(n_images, kImageChunks), [&](int64_t n0, int64_t n1,
+                                                                    int64_t) {
+    std::vector<int32_t> o_lists(positions * filters), counts(positions);
+    std::vector<float> m_lists(positions * filters);
+    for (int64_t n = n0; n < n1; ++n) {
+      float* dxn = dxp + n * image;
+      std::fill(dxn, dxn + image, 0.0f);
+      const int32_t* fn = first.typed_data() + n * cells;
+      const float* mn = dmax.typed_data() + n * cells;
+      for (int64_t i = 0; i < hp; ++i) {
+        for (int64_t j = 0; j < wpool; ++j) {
+          const int64_t cell = (i * wpool + j) * filters;
+          std::fill(counts.begin(), counts.end(), 0);
+          for (int64_t o = 0; o < filters; ++o) {
+            const int32_t p = fn[cell + o];
+            if (p < 0 || p >= positions) continue;  // a NaN maximum: the window passes nothing
+            o_lists[p * filters + counts[p]] = static_cast<int32_t>(o);
+            m_lists[p * filters + counts[p]++] = mn[cell + o];
+          }
+          for (int32_t p = 0; p < positions; ++p) {
+            if (counts[p] == 0) continue;
+            float* corner = dxn + ((ph * i + p / pw) * w + pw * j + p % pw) * c;
+            for (int64_t r = 0; r < kh; ++r)
+              for (int64_t b0 = 0; b0 < rvp; b0 += 8)
+                PoolInputGradBlockFor(std::min<int64_t>(8, rvp - b0))(
+                    padded.data(), rvp, kh, r, b0, o_lists.data() + p * filters,
+                    m_lists.data() + p * filters, counts[p], row, corner + r * w * c);
+          }
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 extern "C" int cpu_kernels_supported() { return JAXLENET_ISA_SUPPORTED; }
@@ -1080,6 +1202,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolParamGrads, ConvPoolParamGrads,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("window")
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolInputGrad, ConvPoolInputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlenetConvPoolForward, ConvPoolForward,

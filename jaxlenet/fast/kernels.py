@@ -40,6 +40,7 @@ _INPUT_GRAD = "jaxlenet_conv_input_grad"
 _POOL_PARAM_GRADS = "jaxlenet_conv_pool_param_grads"
 _MAX_FORWARD = "jaxlenet_conv_max_forward"
 _POOL_FORWARD = "jaxlenet_conv_pool_forward"
+_POOL_INPUT_GRAD = "jaxlenet_conv_pool_input_grad"
 # The instruction sets the kernels are written for, widest first: the CPU flags each needs (as
 # Linux's /proc/cpuinfo names them) and the compiler's flags for it.
 _INSTRUCTION_SETS = {"avx512": ({"avx512f", "fma"}, ["-mavx512f", "-mfma"]),
@@ -134,6 +135,23 @@ def conv_max_forward(x, weight, bias, positions, fallback, *, relu: bool = False
     return _on_cpu(on_cpu, fallback, x, weight, bias)
 
 
+def conv_pool_input_grad(first, dmax, weight, window, fallback, *, input_shape):
+    """The gradient with respect to the input (N, H, W, C) = ``input_shape`` (padded already)
+    of a stride-1 convolution with ``weight`` (O, C, kh, kw) followed by a max pool of
+    non-overlapping ``window`` (ph, pw) windows, given the first position p = pi * pw + pj of
+    each window holding the max, ``first`` (N, Hp, Wp, O) int32 (ph * pw where the max is NaN),
+    and the max's cotangent ``dmax`` (same shape): by the C++ kernel on the CPU, which adds one
+    kernel's worth per window and filter; ``fallback(first, dmax, weight)`` elsewhere."""
+    def on_cpu(first, dmax, weight):
+        return jax.ffi.ffi_call(_POOL_INPUT_GRAD,
+                                jax.ShapeDtypeStruct(input_shape, jnp.float32),
+                                vmap_method="sequential")(
+            first.astype(jnp.int32), dmax, jnp.transpose(weight, (0, 2, 3, 1)),
+            window=np.asarray(window, np.int64))
+
+    return _on_cpu(on_cpu, fallback, first, dmax, weight)
+
+
 def conv_pool_forward(x, weight, bias, window, fallback, *, relu: bool = False):
     """A stride-1 convolution of ``x`` (N, H, W, C), padded already, with ``weight`` (O, C, kh,
     kw) and ``bias`` (O,), then the max pool of its non-overlapping ``window`` (ph, pw) windows:
@@ -189,7 +207,8 @@ def available() -> bool:
                           (_INPUT_GRAD, library.JaxlenetConvInputGrad),
                           (_POOL_PARAM_GRADS, library.JaxlenetConvPoolParamGrads),
                           (_MAX_FORWARD, library.JaxlenetConvMaxForward),
-                          (_POOL_FORWARD, library.JaxlenetConvPoolForward)):
+                          (_POOL_FORWARD, library.JaxlenetConvPoolForward),
+                          (_POOL_INPUT_GRAD, library.JaxlenetConvPoolInputGrad)):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
