@@ -59,7 +59,7 @@ def test_on_the_cpu_auto_runs_the_fast_program():
         params, opt_state, jnp.zeros((512, 28, 28), jnp.uint8), jnp.zeros(512, jnp.int32),
         key).as_text()
     if jax.config.jax_platforms in (None, "", "cpu") and models.fast.kernels_available():
-        for kernel in ("conv_max_forward", "conv_pool_forward", "conv_input_grad",
+        for kernel in ("conv_max_forward", "conv_pool_forward", "conv_pool_input_grad",
                        "conv_pool_param_grads"):
             assert f"jaxlenet_{kernel}" in text, kernel
 
