@@ -309,11 +309,20 @@ def _train(args) -> int:
 
     dataset = data.load_fashion_mnist(args.data_dir, warn=_warn)
     writer = jax.process_index() == 0
+    # matplotlib's import (~0.4 s) runs while the second epoch trains: XLA holds no lock that
+    # Python needs then, and the plots at the end find it done.
+    importer = threading.Thread(target=plots.pyplot, daemon=True)
+
+    def log(line: str) -> None:
+        print(line)
+        if not args.no_plots and importer.ident is None:
+            importer.start()
+
     try:
         params, history = train.fit(config, dataset, out_dir=out, resume=args.resume,
                                     device=args.device, devices=args.devices,
                                     progress=sys.stderr.isatty(),
-                                    log=print if writer else lambda _: None, warn=_warn,
+                                    log=log if writer else lambda _: None, warn=_warn,
                                     announce=_warn)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {_what_is_saved(out)}") from None

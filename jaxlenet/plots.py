@@ -11,7 +11,9 @@ import numpy as np
 from jaxlenet._files import atomic_write
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot``, on the non-interactive Agg backend, imported on first use (~0.4 s:
+    the command imports it in a thread while training runs)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -21,7 +23,7 @@ def _pyplot():
 def plot_curves(history: list[dict], path) -> pathlib.Path:
     """Training loss (left) and train/test accuracy (right) per epoch, as the tutorial's
     animator draws them."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [m["epoch"] for m in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(epochs, [m["loss"] for m in history], "o-", label="train loss")
@@ -46,7 +48,7 @@ def plot_predictions(images, labels, predicted, class_names, path, *, columns: i
                      ) -> pathlib.Path:
     """A grid of images (N, 28, 28) titled 'predicted / true'; mistakes in red. One image of
     the whole grid with the titles as text over it (a subplot per image takes ~5x longer)."""
-    plt = _pyplot()
+    plt = pyplot()
     images = np.asarray(images)
     count, (height, width) = len(images), images.shape[1:]
     rows = -(-count // columns)
