@@ -189,23 +189,42 @@ def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters, 
     b = rng.integers(-1, 2, positions * filters).astype(np.float32)
 
     def by_xla(x, w, b):
-        y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        y = (y + b[None, None, None]).reshape(y.shape[:3] + (positions, filters))
-        top = jnp.max(y, axis=3)
-        position = jnp.arange(positions).reshape(1, 1, 1, positions, 1)
-        first = jnp.min(jnp.where(y == top[:, :, :, None], position, positions), axis=3)
-        return layers.relu(top) if relu else top, first.astype(jnp.int32)
+        y = _conv_nhwc(x, w, b)
+        return _max_and_first(y.reshape(y.shape[:3] + (positions, filters)), relu)
 
     forward = jax.jit(lambda x, w, b: kernels.conv_max_forward(x, w, b, positions, by_xla,
                                                                relu=relu))
-    assert "jaxlenet_conv_max_forward" in forward.lower(x, w, b).as_text()
-    (top, first), (want_top, want_first) = forward(x, w, b), jax.jit(by_xla)(x, w, b)
-    np.testing.assert_array_equal(top, want_top)
-    np.testing.assert_array_equal(first, want_first)
+    want_top, first = _kernel_equals(forward, by_xla, "jaxlenet_conv_max_forward", x, w, b)
     assert (np.asarray(want_top) < 0).any() != relu  # negative maxima, which the ReLU zeroes
     if positions > 1:  # the maxima lie at several positions, not always the first
         assert len(np.unique(np.asarray(first))) > 1
+
+
+def _conv_nhwc(x, w, b):
+    """XLA's convolution of x (N, H, W, C) with w (O, C, kh, kw), plus b (O)."""
+    y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1), "VALID",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + b[None, None, None]
+
+
+def _max_and_first(y, relu):
+    """The max over axis 3 of y (N, H, W, P, O), with ``relu`` its ReLU, and the first position
+    holding it (P where none does: NaN), as the kernels promise them."""
+    positions = y.shape[3]
+    top = jnp.max(y, axis=3)
+    position = jnp.arange(positions).reshape(1, 1, 1, positions, 1)
+    first = jnp.min(jnp.where(y == top[:, :, :, None], position, positions), axis=3)
+    return layers.relu(top) if relu else top, first.astype(jnp.int32)
+
+
+def _kernel_equals(forward, by_xla, target, *args):
+    """``forward`` calls the kernel ``target`` and gives by_xla's (top, first) exactly; returns
+    them."""
+    assert target in forward.lower(*args).as_text()
+    (top, first), (want_top, want_first) = forward(*args), jax.jit(by_xla)(*args)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_array_equal(first, want_first)
+    return want_top, want_first
 
 
 @needs_kernels
@@ -223,23 +242,15 @@ def test_conv_pool_forward_kernel_equals_the_xla_formulation(window, filters, si
     (ph, pw) = window
 
     def by_xla(x, w, b):
-        y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        y = y + b[None, None, None]
+        y = _conv_nhwc(x, w, b)
         n, ho, wo, o = y.shape
         windows = y[:, :ho // ph * ph, :wo // pw * pw].reshape(n, ho // ph, ph, wo // pw, pw, o)
-        windows = jnp.moveaxis(windows, 2, 3).reshape(n, ho // ph, wo // pw, ph * pw, o)
-        top = jnp.max(windows, axis=3)
-        position = jnp.arange(ph * pw).reshape(1, 1, 1, ph * pw, 1)
-        first = jnp.min(jnp.where(windows == top[:, :, :, None], position, ph * pw), axis=3)
-        return layers.relu(top) if relu else top, first.astype(jnp.int32)
+        return _max_and_first(
+            jnp.moveaxis(windows, 2, 3).reshape(n, ho // ph, wo // pw, ph * pw, o), relu)
 
     forward = jax.jit(lambda x, w, b: kernels.conv_pool_forward(x, w, b, window, by_xla,
                                                                 relu=relu))
-    assert "jaxlenet_conv_pool_forward" in forward.lower(x, w, b).as_text()
-    (top, first), (want_top, want_first) = forward(x, w, b), jax.jit(by_xla)(x, w, b)
-    np.testing.assert_array_equal(top, want_top)
-    np.testing.assert_array_equal(first, want_first)
+    want_top, first = _kernel_equals(forward, by_xla, "jaxlenet_conv_pool_forward", x, w, b)
     assert (np.asarray(want_top) < 0).any() != relu or window == (3, 2)
     if window != (1, 1):  # the maxima lie at several positions, not always the first
         assert len(np.unique(np.asarray(first))) > 1
