@@ -248,11 +248,16 @@ def initial_state(config: Config, steps_per_epoch: int = 1, *, platform: str | N
     # compiles each.
     @functools.partial(jax.jit, compiler_options=model.init_compiler_options)
     def fresh(key):
-        init_key, shuffle_key = jax.random.split(key)
+        init_key, shuffle_key = _run_keys(key)
         params = model.init(init_key)
         return params, opt.init(params), shuffle_key
 
     return model, opt, *fresh(seed_key(config.seed))
+
+
+def _run_keys(key):
+    """(the parameters' key, the shuffling's key) of a run seeded with ``key``."""
+    return jax.random.split(key)
 
 
 def seed_key(seed: int) -> jax.Array:
@@ -557,7 +562,7 @@ def save_trained(out_dir, config: Config, params, *, source: str) -> pathlib.Pat
         arrays = {f"params{key}": value for key, value in checkpoint.flatten(params).items()}
         params = checkpoint.restore(arrays, "params", template, finite=True)
         opt_state = optimizer(config, 1).init(params)
-        key = jax.random.split(seed_key(config.seed))[1]  # as initial_state splits it
+        key = _run_keys(seed_key(config.seed))[1]
         checkpoint.save(out / runs.CHECKPOINT,
                         to_host({"params": params, "opt_state": opt_state, "key": key}),
                         {"epoch": config.epochs, "config": config.to_dict(),

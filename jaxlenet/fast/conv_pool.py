@@ -175,10 +175,10 @@ def _conv_act_pool(x, weight, bias, window, activation):
 
 
 def _conv_act_pool_fwd(x, weight, bias, window, activation):
-    if activation == "relu":  # ReLU commutes with max (see _conv_act_max_fwd)
-        out, first = _conv_pool_max(x, weight, bias, window, relu_after=True)
-    else:
-        out, first = _conv_pool_max(x, weight, bias, window, activation=activation)
+    # ReLU commutes with max (see _conv_act_max_fwd): it runs after the pool, in its kernel.
+    relu_after = activation == "relu"
+    out, first = _conv_pool_max(x, weight, bias, window, relu_after=relu_after,
+                                activation=None if relu_after else activation)
     return out, (x, weight, first, out)
 
 
