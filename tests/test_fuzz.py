@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from test_robustness import _npy_header, _with_members
 from test_train import small_dataset
 
 from jaxlenet import checkpoint, cli, mxnet_params, runs, train
@@ -117,25 +118,6 @@ def test_damaged_zip_structure_is_exit_2_in_one_line_or_the_true_contents(traine
                 np.testing.assert_array_equal(got[name], arrays[name])
         path.unlink()
     assert accepted < 100  # most structural damage is refused, not ignored
-
-
-def _with_members(raw: bytes, changes: dict) -> bytes:
-    """The archive ``raw`` with members replaced (name: bytes), removed (name: None) or added."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(raw)) as old, zipfile.ZipFile(buffer, "w") as new:
-        for info in old.infolist():
-            if info.filename not in changes:
-                new.writestr(info.filename, old.read(info))
-        for name, member in changes.items():
-            if member is not None:
-                new.writestr(name, member)
-    return buffer.getvalue()
-
-
-def _npy_header(descr, fortran, shape) -> bytes:
-    text = f"{{'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': {shape!r}, }}"
-    text += " " * (-(len(text) + 11) % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
 def test_crafted_members_are_exit_2_in_one_line(trained, tmp_path, capsys):

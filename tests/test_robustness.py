@@ -626,24 +626,28 @@ def test_a_photos_exif_orientation_is_applied(tmp_path, orientation, turn):
 # ------------------------------------------------ crafted checkpoints: bounded memory, one line
 
 
-def _with_members(source, target, members: dict, *, compress=None):
-    """A copy of the checkpoint ``source`` at ``target`` with ``members`` (name: bytes) added or
-    replaced, each member stored or compressed as ``compress`` says."""
-    import zipfile
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
-        for info in old.infolist():
-            if info.filename not in members:
-                new.writestr(info.filename, old.read(info), zipfile.ZIP_STORED)
-        for name, raw in members.items():
-            new.writestr(name, raw, compress or zipfile.ZIP_STORED)
-
-
-def _npy(shape, dtype, data: bytes) -> bytes:
+def _with_members(raw: bytes, changes: dict, *, compress=None) -> bytes:
+    """The zip archive ``raw`` (a checkpoint's bytes) with members replaced or added (name:
+    bytes, stored or compressed as ``compress`` says) or removed (name: None)."""
     import io
+    import zipfile
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
-    return buffer.getvalue() + data
+    with zipfile.ZipFile(io.BytesIO(raw)) as old, zipfile.ZipFile(buffer, "w") as new:
+        for info in old.infolist():
+            if info.filename not in changes:
+                new.writestr(info.filename, old.read(info), zipfile.ZIP_STORED)
+        for name, member in changes.items():
+            if member is not None:
+                new.writestr(name, member, compress or zipfile.ZIP_STORED)
+    return buffer.getvalue()
+
+
+def _npy_header(descr, fortran, shape) -> bytes:
+    """A .npy 1.0 header with these fields as written, valid or not (NumPy's own writer refuses
+    the invalid ones)."""
+    text = f"{{'descr': {descr!r}, 'fortran_order': {fortran!r}, 'shape': {shape!r}, }}"
+    text += " " * (-(len(text) + 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
 def test_crafted_checkpoint_members_are_refused_before_they_are_inflated(tmp_path):
@@ -656,15 +660,17 @@ def test_crafted_checkpoint_members_are_refused_before_they_are_inflated(tmp_pat
     source = tmp_path / "run" / runs.CHECKPOINT
     zeros = np.zeros(2 ** 26, np.float32)
     cases = {
-        "bomb": ({"params['conv0']['weight'].npy": _npy(zeros.shape, np.float32,
-                                                        zeros.tobytes())}, zipfile.ZIP_DEFLATED,
+        "bomb": ({"params['conv0']['weight'].npy": _npy_header("<f4", False, zeros.shape)
+                  + zeros.tobytes()}, zipfile.ZIP_DEFLATED,
                  "is compressed"),
-        "huge": ({"params['conv0']['weight'].npy": _npy((10 ** 12,), np.float32, b"\0" * 64)},
+        "huge": ({"params['conv0']['weight'].npy": _npy_header("<f4", False, (10 ** 12,))
+                  + b"\0" * 64},
                  None, "declares float32 (1000000000000,)"),
     }
     for name, (members, compress, match) in cases.items():
         (tmp_path / name).mkdir()
-        _with_members(source, tmp_path / name / runs.CHECKPOINT, members, compress=compress)
+        (tmp_path / name / runs.CHECKPOINT).write_bytes(
+            _with_members(source.read_bytes(), members, compress=compress))
         assert (tmp_path / name / runs.CHECKPOINT).stat().st_size < source.stat().st_size + 2 ** 20
         done, peak = _peak_rss_mb_of(
             "from jaxlenet import cli; import sys\n"
@@ -685,9 +691,9 @@ def test_deep_or_wrongly_typed_metadata_is_one_line_even_behind_a_good_checksum(
 
     def with_meta(text: bytes, name: str):
         (tmp_path / name).mkdir()
-        members = {"__meta__.npy": _npy((len(text),), np.uint8, text)}
-        _with_members(tmp_path / "run" / runs.CHECKPOINT, tmp_path / name / runs.CHECKPOINT,
-                   members)
+        members = {"__meta__.npy": _npy_header("|u1", False, (len(text),)) + text}
+        (tmp_path / name / runs.CHECKPOINT).write_bytes(
+            _with_members((tmp_path / "run" / runs.CHECKPOINT).read_bytes(), members))
         return tmp_path / name
 
     deep = with_meta(b'{"history": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "deep")
