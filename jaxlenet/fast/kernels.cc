@@ -32,7 +32,8 @@
 // and the max over each window's positions, with the first position that holds it.
 //
 // JaxlenetConvPoolInputGrad: the input gradient of a convolution followed by such a pool, from
-// the first maximum's position and cotangent: one kernel's worth per window and filter.
+// the first maximum's position and cotangent: one kernel's worth per window and filter whose
+// cotangent is not zero.
 //
 // JaxlenetConvPoolForward: JaxlenetConvForward followed by a max pool over non-overlapping
 // windows of its output, with the first position of each window that holds the max; the
@@ -44,8 +45,9 @@
 // it, first (N, Hp, Wp, O) (ph * pw where the maximum is NaN: the window passes nothing):
 //   dw[o, i, j, c] = sum over n, h, w of dmax[n, h, w, o] * x[n, ph*h + pi + i, pw*w + pj + j, c],
 //   db[o] = sum over n, h, w of dmax[n, h, w, o],
-// for x (N, H, W, C) padded already, dw (O, KH, KW, C). One patch of x per window and filter:
-// a quarter of the convolution's arithmetic for 2x2 windows.
+// for x (N, H, W, C) padded already, dw (O, KH, KW, C). One patch of x per window and filter
+// whose cotangent is not zero: a quarter of the convolution's arithmetic for 2x2 windows, and
+// about half of that behind a ReLU, which passes nothing where the max is <= 0.
 //
 // Register tiles are sized to the vector registers: 32 of 16 floats with AVX-512, 16 of 8 with
 // AVX2.
@@ -53,10 +55,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -482,10 +486,106 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
+// Blocks of up to kBlockRows rows by kBlockVectors vectors, and the accumulators a block may use:
+// 12 of AVX2's 16 registers, 24 of AVX-512's 32.
+constexpr int kBlockRows = 6, kBlockVectors = 8, kBlockAccumulators = kWide ? 24 : 12;
+
+// Sums over a list of blocks of a few rows of vectors: for t < count, scale[t] times the block
+// at base[t] + offset (RB rows, row r at r * stride, VB vectors along it), summed in registers
+// and added into out (row r at r * out_stride); where `tail` is set, the block's last vector of
+// each row is added to the floats it selects only. The conv-pool kernels' sparse gradients: the
+// weight gradient sums patches of x over a filter's windows, the input gradient sums rows of the
+// weight over the filters whose maximum a window position holds. One load per multiply-add, and
+// RB x VB independent sums to hide its latency.
+template <int RB, int VB>
+void AddScaledBlocks(const float* const* base, const float* scale, int64_t count, int64_t offset,
+                     int64_t stride, float* out, int64_t out_stride, const Mask* tail) {
+  Vec a[RB][VB];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < VB; ++v) a[r][v] = Zero();
+  for (int64_t t = 0; t < count; ++t) {
+    const Vec m = Broadcast(scale[t]);
+    const float* b = base[t] + offset;
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r, b += stride)
+#pragma GCC unroll 8
+      for (int v = 0; v < VB; ++v) a[r][v] = MulAdd(m, Load(b + v * kLanes), a[r][v]);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < VB; ++v) {
+      float* o = out + r * out_stride + v * kLanes;
+      if (tail != nullptr && v == VB - 1) {
+        StoreFirst(*tail, o, Add(LoadFirst(*tail, o), a[r][v]));
+      } else {
+        Store(o, Add(Load(o), a[r][v]));
+      }
+    }
+  }
+}
+
+using AddScaledBlocksFn = void (*)(const float* const*, const float*, int64_t, int64_t, int64_t,
+                                   float*, int64_t, const Mask*);
+
+// AddScaledBlocks<RB, VB> where its accumulators fit in the registers, else none.
+template <int RB, int VB>
+constexpr AddScaledBlocksFn BlockFn() {
+  if constexpr (RB * VB <= kBlockAccumulators) {
+    return AddScaledBlocks<RB, VB>;
+  } else {
+    return nullptr;
+  }
+}
+
+template <int RB, int... V>
+constexpr std::array<AddScaledBlocksFn, sizeof...(V)> BlockRow(std::integer_sequence<int, V...>) {
+  return {BlockFn<RB, V + 1>()...};
+}
+
+template <int... R>
+constexpr auto BlockTable(std::integer_sequence<int, R...>) {
+  return std::array{BlockRow<R + 1>(std::make_integer_sequence<int, kBlockVectors>())...};
+}
+
+constexpr auto kAddScaledBlocks = BlockTable(std::make_integer_sequence<int, kBlockRows>());
+
+// How a sum over blocks of `rows` x `vectors` vectors is cut into passes over the list: the
+// tile of accumulators (rows x vectors, within kBlockAccumulators) that needs the fewest.
+struct BlockTiles {
+  int64_t rows, vectors;  // the whole block
+  int64_t tile_rows = 1, tile_vectors = 1;
+  BlockTiles(int64_t rows, int64_t vectors) : rows(rows), vectors(vectors) {
+    int64_t best = -1;
+    for (int64_t tv = std::min<int64_t>(vectors, kBlockVectors); tv >= 1; --tv) {
+      const int64_t tr = std::min<int64_t>({rows, kBlockRows, kBlockAccumulators / tv});
+      const int64_t passes = ((rows + tr - 1) / tr) * ((vectors + tv - 1) / tv);
+      if (best < 0 || passes < best) best = passes, tile_rows = tr, tile_vectors = tv;
+    }
+  }
+  // Runs the sum (AddScaledBlocks' arguments, `tail` masking each row's last vector) pass by pass.
+  void Add(const float* const* base, const float* scale, int64_t count, int64_t stride,
+           float* out, int64_t out_stride, const Mask* tail) const {
+    if (count == 0) return;
+    for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
+      const int64_t tr = std::min(tile_rows, rows - r0);
+      for (int64_t v0 = 0; v0 < vectors; v0 += tile_vectors) {
+        const int64_t tv = std::min(tile_vectors, vectors - v0);
+        kAddScaledBlocks[tr - 1][tv - 1](base, scale, count, r0 * stride + v0 * kLanes, stride,
+                                          out + r0 * out_stride + v0 * kLanes, out_stride,
+                                          v0 + tv == vectors ? tail : nullptr);
+      }
+    }
+  }
+};
+
 // The weight and bias gradients of a stride-1 convolution followed by a max pool of
 // non-overlapping ph x pw windows (jaxlenet's convolution fused with its pool), from the pooled
 // output's cotangent and the first position of each window holding the maximum: only that
-// position passes a gradient, so each window and filter reads one patch of x instead of ph*pw.
+// position passes a gradient, so each window and filter reads one patch of x instead of ph*pw,
+// and a window whose cotangent is zero (a ReLU's, about half of them) reads none.
 struct PoolGradShape {
   Shape s;         // the convolution: x (N, H, W, C) padded already, O filters of KH x KW
   int64_t ph, pw;  // the pool's window
@@ -494,72 +594,7 @@ struct PoolGradShape {
   // Each kernel row of a patch as vectors: the last one reads past the row's KW*C floats, into
   // lanes that are never stored.
   int64_t row_vectors() const { return VectorsFor(s.row()); }
-  int64_t segments() const { return s.kh * row_vectors(); }
 };
-
-// Filters and kernel-row vectors per register tile: 2 x 5 accumulators, whose 10 independent
-// sums hide the multiply-adds' latency.
-constexpr int kPoolFilterBlock = 2;
-constexpr int kPoolSegmentBlock = 5;
-
-// Adds image x's contribution to acc (O, segments * kLanes) for filters [o0, o0 + FB) and
-// segments [g0, g0 + SB) at offsets `segment` from a patch's corner; `position` holds the offset
-// of each window position from the window's corner.
-template <int FB, int SB>
-void PoolGradTile(const PoolGradShape& g, const float* x, const int32_t* first, const float* dmax,
-                  const int64_t* segment, const int64_t* position, int64_t o0, int64_t g0,
-                  float* acc) {
-  const Shape& s = g.s;
-  const int32_t positions = g.positions();
-  Vec a[FB][SB];
-#pragma GCC unroll 8
-  for (int f = 0; f < FB; ++f)
-#pragma GCC unroll 8
-    for (int k = 0; k < SB; ++k) a[f][k] = Zero();
-  int64_t offsets[SB];
-#pragma GCC unroll 8
-  for (int k = 0; k < SB; ++k) offsets[k] = segment[g0 + k];
-  for (int64_t h = 0; h < g.hp; ++h) {
-    for (int64_t w = 0; w < g.wp; ++w) {
-      const int64_t cell = (h * g.wp + w) * s.o + o0;
-      const float* corner = x + (g.ph * h * s.w + g.pw * w) * s.c;
-#pragma GCC unroll 8
-      for (int f = 0; f < FB; ++f) {
-        const int32_t p = first[cell + f];
-        if (p < 0 || p >= positions) continue;  // a NaN maximum: the window passes nothing
-        const Vec m = Broadcast(dmax[cell + f]);
-        const float* patch = corner + position[p];
-#pragma GCC unroll 8
-        for (int k = 0; k < SB; ++k) a[f][k] = MulAdd(m, Load(patch + offsets[k]), a[f][k]);
-      }
-    }
-  }
-  const int64_t stride = g.segments() * kLanes;
-#pragma GCC unroll 8
-  for (int f = 0; f < FB; ++f) {
-    float* out = acc + (o0 + f) * stride + g0 * kLanes;
-#pragma GCC unroll 8
-    for (int k = 0; k < SB; ++k) Store(out + k * kLanes, Add(Load(out + k * kLanes), a[f][k]));
-  }
-}
-
-using PoolGradTileFn = void (*)(const PoolGradShape&, const float*, const int32_t*, const float*,
-                                const int64_t*, const int64_t*, int64_t, int64_t, float*);
-
-template <int FB>
-PoolGradTileFn PoolGradTileFor(int sb) {
-  switch (sb) {
-    case 1: return PoolGradTile<FB, 1>;
-    case 2: return PoolGradTile<FB, 2>;
-    case 3: return PoolGradTile<FB, 3>;
-    case 4: return PoolGradTile<FB, 4>;
-    default: return PoolGradTile<FB, 5>;
-  }
-}
-
-PoolGradTileFn PoolGradTileFor(int fb, int sb) {
-  return fb == 1 ? PoolGradTileFor<1>(sb) : PoolGradTileFor<2>(sb);
-}
 
 ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                               ffi::Buffer<ffi::S32> first, ffi::Buffer<ffi::F32> dmax,
@@ -583,34 +618,42 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "ph, (W-KW+1) / pw, O), dw (O, KH, KW, C) and db (O)");
   }
   const int32_t positions = g.positions();
-  std::vector<int64_t> position(positions), segment(g.segments());
+  const int64_t windows = g.hp * g.wp;
+  // Where each window position, and each window's corner, starts in an image of x.
+  std::vector<int64_t> position(positions), corner(windows);
   for (int32_t p = 0; p < positions; ++p) position[p] = ((p / g.pw) * s.w + p % g.pw) * s.c;
-  for (int64_t i = 0; i < s.kh; ++i)
-    for (int64_t v = 0; v < g.row_vectors(); ++v)
-      segment[i * g.row_vectors() + v] = i * s.w * s.c + v * kLanes;
+  for (int64_t k = 0; k < windows; ++k)
+    corner[k] = (g.ph * (k / g.wp) * s.w + g.pw * (k % g.wp)) * s.c;
   // The last image, with room after it: a patch's last vector reads up to kLanes - 1 floats past
   // its kernel row, and so past the image (into the next one, but for the last).
-  const int64_t image = s.h * s.w * s.c, cells = g.hp * g.wp * s.o;
+  const int64_t image = s.h * s.w * s.c, cells = windows * s.o;
   const float* xp = x.typed_data();
   std::vector<float> last(image + kLanes, 0.0f);
   if (s.n > 0) std::copy(xp + (s.n - 1) * image, xp + s.n * image, last.begin());
-  const int64_t size = s.o * g.segments() * kLanes;
-  // The weight gradient (O, segments * kLanes), then the bias gradient (O).
+  const int64_t row = g.row_vectors() * kLanes, size = s.o * s.kh * row;
+  const BlockTiles tiles(s.kh, g.row_vectors());
+  // The weight gradient (O, KH, row), then the bias gradient (O).
   const std::vector<float> total =
       SumOverImages(pool, s.n, size + s.o, [&](int64_t n0, int64_t n1, float* sum) {
-        std::vector<float> bias(s.o);
+        std::vector<float> bias(s.o), scales(windows);
+        std::vector<const float*> patches(windows);
         for (int64_t n = n0; n < n1; ++n) {
           const float* xn = n == s.n - 1 ? last.data() : xp + n * image;
           const int32_t* fn = first.typed_data() + n * cells;
           const float* mn = dmax.typed_data() + n * cells;
-          for (int64_t o0 = 0; o0 < s.o; o0 += kPoolFilterBlock) {
-            const int fb = static_cast<int>(std::min<int64_t>(kPoolFilterBlock, s.o - o0));
-            for (int64_t g0 = 0; g0 < g.segments(); g0 += kPoolSegmentBlock) {
-              const int sb =
-                  static_cast<int>(std::min<int64_t>(kPoolSegmentBlock, g.segments() - g0));
-              PoolGradTileFor(fb, sb)(g, xn, fn, mn, segment.data(), position.data(), o0, g0,
-                                      sum);
+          for (int64_t o = 0; o < s.o; ++o) {
+            // The filter's windows that pass a gradient, listed without a branch to mispredict.
+            int64_t count = 0;
+            for (int64_t k = 0; k < windows; ++k) {
+              const int32_t p = fn[k * s.o + o];
+              const float m = mn[k * s.o + o];
+              const bool valid = static_cast<uint32_t>(p) < static_cast<uint32_t>(positions);
+              patches[count] = xn + corner[k] + position[valid ? p : 0];
+              scales[count] = m;
+              count += valid & (m != 0.0f);  // not a NaN maximum, nor a zero cotangent
             }
+            tiles.Add(patches.data(), scales.data(), count, s.w * s.c, sum + o * s.kh * row, row,
+                      nullptr);
           }
           // The bias gradient image by image, as ParamGrads sums it.
           std::fill(bias.begin(), bias.end(), 0.0f);
@@ -622,7 +665,6 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       });
   // Each kernel row's KW*C floats of its row_vectors() * kLanes.
   float* w_out = dw->typed_data();
-  const int64_t row = g.row_vectors() * kLanes;
   for (int64_t r = 0; r < s.o * s.kh; ++r)
     std::copy(total.begin() + r * row, total.begin() + r * row + s.row(), w_out + r * s.row());
   std::copy(total.begin() + size, total.end(), db->typed_data());
@@ -1046,61 +1088,17 @@ ffi::Error ConvPoolForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   return ffi::Error::Success();
 }
 
-// Adds sum over the filters `o` listed (with their cotangents `m`) of m * weight row, for row
-// vectors [b0, b0 + NB) of kernel row r, into out (dx at that kernel row of the patch): the sums
-// stay in registers, each weight vector is loaded once per filter, and dx is read and written
-// once per window position, not once per filter (whose stores the next filter's loads waited on).
-template <int NB>
-void PoolInputGradBlock(const float* padded, int64_t rvp, int64_t kh, int64_t r, int64_t b0,
-                        const int32_t* o_list, const float* m_list, int64_t count, int64_t row,
-                        float* out) {
-  Vec acc[NB];
-#pragma GCC unroll 8
-  for (int k = 0; k < NB; ++k) acc[k] = Zero();
-  for (int64_t t = 0; t < count; ++t) {
-    const Vec mv = Broadcast(m_list[t]);
-    const float* wrow = padded + ((o_list[t] * kh + r) * rvp + b0) * kLanes;
-#pragma GCC unroll 8
-    for (int k = 0; k < NB; ++k) acc[k] = MulAdd(mv, Load(wrow + k * kLanes), acc[k]);
-  }
-#pragma GCC unroll 8
-  for (int k = 0; k < NB; ++k) {
-    const int64_t start = (b0 + k) * kLanes;
-    if (start + kLanes <= row) {
-      Store(out + start, Add(Load(out + start), acc[k]));
-    } else {
-      alignas(64) float tail[kLanes];
-      Store(tail, acc[k]);
-      for (int64_t v = start; v < row; ++v) out[v] += tail[v - start];
-    }
-  }
-}
-
-using PoolInputGradBlockFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t,
-                                      const int32_t*, const float*, int64_t, int64_t, float*);
-
-PoolInputGradBlockFn PoolInputGradBlockFor(int64_t nb) {
-  switch (nb) {
-    case 1: return PoolInputGradBlock<1>;
-    case 2: return PoolInputGradBlock<2>;
-    case 3: return PoolInputGradBlock<3>;
-    case 4: return PoolInputGradBlock<4>;
-    case 5: return PoolInputGradBlock<5>;
-    case 6: return PoolInputGradBlock<6>;
-    case 7: return PoolInputGradBlock<7>;
-    default: return PoolInputGradBlock<8>;
-  }
-}
-
 // The input gradient of a stride-1 convolution followed by a max pool of non-overlapping ph x pw
 // windows (attribute `window`), from the pooled output's cotangent dmax (N, Hp, Wp, O) and the
 // first position p = pi * pw + pj of each window holding the max, first (same shape; ph * pw
 // where it is NaN: the window passes nothing):
 //   dx[n, ph*h + pi + i, pw*w + pj + j, c] += dmax[n, h, w, o] * wr[o, i, j, c]
 // for each window (h, w) and filter o, wr (O, KH, KW, C), dx (N, H, W, C) (x padded already;
-// rows and columns no window reads stay 0). Only that position of a window passes a gradient:
-// a quarter of the dense input gradient's arithmetic for 2x2 windows, whose cotangent XLA wrote
-// out first. Each image's sums run in one fixed order (windows row by row, positions, filters).
+// rows and columns no window reads stay 0). Only that position of a window passes a gradient,
+// and only filters whose cotangent there is not zero: a quarter of the dense input gradient's
+// arithmetic for 2x2 windows, whose cotangent XLA wrote out first, and about half of that
+// behind a ReLU. Each image's sums run in one fixed order (windows row by row, positions,
+// filters).
 ffi::Error ConvPoolInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> first,
                              ffi::Buffer<ffi::F32> dmax, ffi::Buffer<ffi::F32> wr,
                              ffi::Span<const int64_t> window, ffi::ResultBuffer<ffi::F32> dx) {
@@ -1129,11 +1127,15 @@ ffi::Error ConvPoolInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> first,
     for (int64_t r = 0; r < kh; ++r)
       std::copy(wr.typed_data() + (o * kh + r) * row, wr.typed_data() + (o * kh + r + 1) * row,
                 padded.begin() + (o * kh + r) * rvp * kLanes);
+  const BlockTiles tiles(kh, rvp);
+  const Mask tail = LastLanes(row);
   float* dxp = dx->typed_data();
   ParallelFor(pool, n_images, std::min(n_images, kImageChunks), [&](int64_t n0, int64_t n1,
                                                                     int64_t) {
-    std::vector<int32_t> o_lists(positions * filters), counts(positions);
-    std::vector<float> m_lists(positions * filters);
+    // For each window position, the filters whose maximum it holds: their weights and cotangents.
+    std::vector<const float*> weights(positions * filters);
+    std::vector<float> scales(positions * filters);
+    std::vector<int64_t> counts(positions);
     for (int64_t n = n0; n < n1; ++n) {
       float* dxn = dxp + n * image;
       std::fill(dxn, dxn + image, 0.0f);
@@ -1145,18 +1147,17 @@ ffi::Error ConvPoolInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> first,
           std::fill(counts.begin(), counts.end(), 0);
           for (int64_t o = 0; o < filters; ++o) {
             const int32_t p = fn[cell + o];
-            if (p < 0 || p >= positions) continue;  // a NaN maximum: the window passes nothing
-            o_lists[p * filters + counts[p]] = static_cast<int32_t>(o);
-            m_lists[p * filters + counts[p]++] = mn[cell + o];
+            const float m = mn[cell + o];
+            const bool valid = static_cast<uint32_t>(p) < static_cast<uint32_t>(positions);
+            const int64_t q = valid ? p : 0;
+            weights[q * filters + counts[q]] = padded.data() + o * kh * rvp * kLanes;
+            scales[q * filters + counts[q]] = m;
+            counts[q] += valid & (m != 0.0f);  // not a NaN maximum, nor a zero cotangent
           }
           for (int32_t p = 0; p < positions; ++p) {
-            if (counts[p] == 0) continue;
             float* corner = dxn + ((ph * i + p / pw) * w + pw * j + p % pw) * c;
-            for (int64_t r = 0; r < kh; ++r)
-              for (int64_t b0 = 0; b0 < rvp; b0 += 8)
-                PoolInputGradBlockFor(std::min<int64_t>(8, rvp - b0))(
-                    padded.data(), rvp, kh, r, b0, o_lists.data() + p * filters,
-                    m_lists.data() + p * filters, counts[p], row, corner + r * w * c);
+            tiles.Add(weights.data() + p * filters, scales.data() + p * filters, counts[p],
+                      rvp * kLanes, corner, w * c, row % kLanes != 0 ? &tail : nullptr);
           }
         }
       }
