@@ -256,6 +256,30 @@ def test_conv_pool_forward_kernel_equals_the_xla_formulation(window, filters, si
         assert len(np.unique(np.asarray(first))) > 1
 
 
+def _pooled_cotangent(rng, n, out_hw, window, filters):
+    """A max pool's (first, dmax) over a convolution's output of out_hw: first positions with
+    some NaN maxima (first = ph * pw) and cotangents a third of them zero (a ReLU's, which the
+    kernels skip), and the convolution's whole cotangent they stand for (zero but at the first
+    maximum; rows and columns no window covers are 0)."""
+    (ph, pw), (ho, wo) = window, out_hw
+    hp, wp = ho // ph, wo // pw
+    first = rng.integers(0, ph * pw + 1, (n, hp, wp, filters)).astype(np.int32)
+    dmax = rng.standard_normal((n, hp, wp, filters)).astype(np.float32)
+    dmax[rng.random(dmax.shape) < 1 / 3] = 0.0
+    position = np.arange(ph * pw).reshape(1, 1, ph, 1, pw, 1)
+    dy = np.where(position == first[:, :, None, :, None], dmax[:, :, None, :, None], 0.0)
+    dy = dy.reshape(n, hp * ph, wp * pw, filters)
+    dy = np.pad(dy, ((0, 0), (0, ho - hp * ph), (0, wo - wp * pw), (0, 0)))
+    assert (first == ph * pw).any() and (dmax == 0).any()
+    return first, dmax, dy.astype(np.float32)
+
+
+def _conv_nhwc(x, weight):
+    """A stride-1 valid convolution of x (N, H, W, C) with weight (O, C, kh, kw)."""
+    return lax.conv_general_dilated(x, weight, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "OIHW", "NHWC"))
+
+
 @needs_kernels
 @pytest.mark.parametrize("window,channels,size", [((2, 2), 20, (12, 12)), ((2, 2), 3, (9, 8)),
                                                   ((3, 2), 6, (10, 9)), ((1, 1), 9, (5, 4)),
@@ -263,27 +287,17 @@ def test_conv_pool_forward_kernel_equals_the_xla_formulation(window, filters, si
 def test_conv_pool_input_grad_kernel_equals_the_dense_input_gradient(window, channels, size):
     """The input gradient from each window's first maximum and its cotangent equals the input
     gradient of the convolution's whole cotangent (zero but at that position), computed as a
-    transposed convolution by XLA; a window whose max is NaN (first = ph * pw) passes nothing,
-    rows and columns no window reads get 0; kernel rows longer than the registers hold (60
-    channels) are added in blocks."""
+    transposed convolution by XLA; a window whose max is NaN (first = ph * pw) or whose
+    cotangent is zero passes nothing, rows and columns no window reads get 0; kernel rows longer
+    than the registers hold (60 channels) are added in blocks."""
     rng = np.random.default_rng(7)
-    (ph, pw), kernel, filters = window, (3, 3), 7
-    n, (h, w) = 2, size
-    hp, wp = (h - 2) // ph, (w - 2) // pw
-    first = rng.integers(0, ph * pw + 1, (n, hp, wp, filters)).astype(np.int32)
-    dmax = rng.standard_normal((n, hp, wp, filters)).astype(np.float32)
+    kernel, filters, n, (h, w) = (3, 3), 7, 2, size
+    first, dmax, dy = _pooled_cotangent(rng, n, (h - 2, w - 2), window, filters)
     weight = rng.standard_normal((filters, channels) + kernel).astype(np.float32)
 
     def dense(first, dmax, weight):
-        position = jnp.arange(ph * pw).reshape(1, 1, ph, 1, pw, 1)
-        dy = jnp.where(position == first[:, :, None, :, None], dmax[:, :, None, :, None], 0.0)
-        dy = dy.reshape(n, hp * ph, wp * pw, filters)
-        dy = jnp.pad(dy, ((0, 0), (0, h - 2 - hp * ph), (0, w - 2 - wp * pw), (0, 0)))
-        y_to_x = jax.linear_transpose(
-            lambda x: lax.conv_general_dilated(x, jnp.transpose(weight, (2, 3, 1, 0)), (1, 1),
-                                               "VALID", dimension_numbers=("NHWC", "HWIO",
-                                                                           "NHWC")),
-            jax.ShapeDtypeStruct((n, h, w, channels), jnp.float32))
+        y_to_x = jax.linear_transpose(lambda x: _conv_nhwc(x, weight),
+                                      jax.ShapeDtypeStruct((n, h, w, channels), jnp.float32))
         return y_to_x(dy)[0]
 
     grad = jax.jit(lambda f, m, wt: kernels.conv_pool_input_grad(
@@ -292,7 +306,38 @@ def test_conv_pool_input_grad_kernel_equals_the_dense_input_gradient(window, cha
     want = jax.jit(dense)(first, dmax, weight)
     np.testing.assert_allclose(grad(first, dmax, weight), want, rtol=1e-5,
                                atol=1e-5 * float(jnp.abs(want).max()))
-    assert (first == ph * pw).any()
+
+
+@needs_kernels
+@pytest.mark.parametrize("window,channels,size,kernel", [
+    ((2, 2), 20, (12, 12), (3, 3)),   # LeNet's second layer
+    ((2, 2), 1, (28, 28), (5, 5)),    # LeNet's first: rows of 5 floats
+    ((2, 2), 1, (28, 28), (3, 3)),    # 3x3 kernels, odd outputs: the last row and column unpooled
+    ((3, 2), 6, (10, 9), (3, 3)),
+    ((2, 2), 3, (15, 11), (7, 3)),    # 7 kernel rows: more rows than a register tile holds
+    ((2, 2), 60, (8, 8), (3, 3)),     # kernel rows of 180 floats: several passes along them
+])
+def test_conv_pool_param_grads_kernel_equals_the_dense_weight_gradient(window, channels, size,
+                                                                      kernel):
+    """The weight and bias gradients from each window's first maximum and its cotangent equal
+    those of the convolution's whole cotangent, computed by XLA; windows whose max is NaN or
+    whose cotangent is zero pass nothing."""
+    rng = np.random.default_rng(8)
+    filters, n, (h, w) = 7, 3, size
+    out_hw = (h - kernel[0] + 1, w - kernel[1] + 1)
+    first, dmax, dy = _pooled_cotangent(rng, n, out_hw, window, filters)
+    x = rng.standard_normal((n, h, w, channels)).astype(np.float32)
+
+    def dense(x, first, dmax):
+        weight = jnp.zeros((filters, channels) + kernel, jnp.float32)
+        return (jax.vjp(lambda wt: _conv_nhwc(x, wt), weight)[1](dy)[0],
+                jnp.sum(dy, axis=(0, 1, 2)))
+
+    grads = jax.jit(lambda x, f, m: kernels.conv_pool_param_grads(x, f, m, kernel, window,
+                                                                  dense))
+    assert "jaxlenet_conv_pool_param_grads" in grads.lower(x, first, dmax).as_text()
+    for got, want in zip(grads(x, first, dmax), jax.jit(dense)(x, first, dmax)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64")
