@@ -68,8 +68,8 @@ def conv_pool_param_grads(x, first, dmax, kernel, window, fallback):
     max pool of non-overlapping ``window`` (ph, pw) windows, given for every window and filter
     the first position holding the maximum, ``first`` (N, Hp, Wp, O) int32 (p = row * pw +
     column; ph * pw where the maximum is NaN), and the maximum's cotangent ``dmax`` (N, Hp, Wp,
-    O): only that position passes a gradient, and the kernel reads x there alone.
-    ``fallback(x, first, dmax)`` elsewhere."""
+    O): only that position passes a gradient, and the kernel reads x there alone (nowhere for a
+    window whose cotangent is zero). ``fallback(x, first, dmax)`` elsewhere."""
     def on_cpu(x, first, dmax):
         shapes = (jax.ShapeDtypeStruct((dmax.shape[-1], *kernel, x.shape[-1]), jnp.float32),
                   jax.ShapeDtypeStruct((dmax.shape[-1],), jnp.float32))
@@ -141,7 +141,8 @@ def conv_pool_input_grad(first, dmax, weight, window, fallback, *, input_shape):
     non-overlapping ``window`` (ph, pw) windows, given the first position p = pi * pw + pj of
     each window holding the max, ``first`` (N, Hp, Wp, O) int32 (ph * pw where the max is NaN),
     and the max's cotangent ``dmax`` (same shape): by the C++ kernel on the CPU, which adds one
-    kernel's worth per window and filter; ``fallback(first, dmax, weight)`` elsewhere."""
+    kernel's worth per window and filter whose cotangent is not zero; ``fallback(first, dmax,
+    weight)`` elsewhere."""
     def on_cpu(first, dmax, weight):
         return jax.ffi.ffi_call(_POOL_INPUT_GRAD,
                                 jax.ShapeDtypeStruct(input_shape, jnp.float32),
