@@ -200,11 +200,12 @@ def test_conv_max_forward_kernel_equals_the_xla_formulation(positions, filters, 
         assert len(np.unique(np.asarray(first))) > 1
 
 
-def _conv_nhwc(x, w, b):
-    """XLA's convolution of x (N, H, W, C) with w (O, C, kh, kw), plus b (O)."""
+def _conv_nhwc(x, w, b=None):
+    """XLA's stride-1 valid convolution of x (N, H, W, C) with w (O, C, kh, kw), plus b (O) if
+    given."""
     y = lax.conv_general_dilated(x, jnp.transpose(w, (2, 3, 1, 0)), (1, 1), "VALID",
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + b[None, None, None]
+    return y if b is None else y + b[None, None, None]
 
 
 def _max_and_first(y, relu):
@@ -272,12 +273,6 @@ def _pooled_cotangent(rng, n, out_hw, window, filters):
     dy = np.pad(dy, ((0, 0), (0, ho - hp * ph), (0, wo - wp * pw), (0, 0)))
     assert (first == ph * pw).any() and (dmax == 0).any()
     return first, dmax, dy.astype(np.float32)
-
-
-def _conv_nhwc(x, weight):
-    """A stride-1 valid convolution of x (N, H, W, C) with weight (O, C, kh, kw)."""
-    return lax.conv_general_dilated(x, weight, (1, 1), "VALID",
-                                    dimension_numbers=("NHWC", "OIHW", "NHWC"))
 
 
 @needs_kernels
