@@ -486,6 +486,12 @@ ffi::Error ConvParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
+// Whether a window's first maximum `p`, as the conv-pool kernels take it, is one of its
+// `positions`: not one where the max is NaN (p = positions), which passes no gradient.
+inline bool HoldsMax(int32_t p, int32_t positions) {
+  return static_cast<uint32_t>(p) < static_cast<uint32_t>(positions);
+}
+
 // Blocks of up to kBlockRows rows by kBlockVectors vectors, and the accumulators a block may use:
 // 12 of AVX2's 16 registers, 24 of AVX-512's 32.
 constexpr int kBlockRows = 6, kBlockVectors = 8, kBlockAccumulators = kWide ? 24 : 12;
@@ -647,10 +653,10 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
             for (int64_t k = 0; k < windows; ++k) {
               const int32_t p = fn[k * s.o + o];
               const float m = mn[k * s.o + o];
-              const bool valid = static_cast<uint32_t>(p) < static_cast<uint32_t>(positions);
+              const bool valid = HoldsMax(p, positions);
               patches[count] = xn + corner[k] + position[valid ? p : 0];
               scales[count] = m;
-              count += valid & (m != 0.0f);  // not a NaN maximum, nor a zero cotangent
+              count += valid & (m != 0.0f);  // nor a zero cotangent
             }
             tiles.Add(patches.data(), scales.data(), count, s.w * s.c, sum + o * s.kh * row, row,
                       nullptr);
@@ -659,7 +665,7 @@ ffi::Error ConvPoolParamGrads(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
           std::fill(bias.begin(), bias.end(), 0.0f);
           for (int64_t k = 0; k < cells; k += s.o)
             for (int64_t o = 0; o < s.o; ++o)
-              bias[o] += fn[k + o] >= 0 && fn[k + o] < positions ? mn[k + o] : 0.0f;
+              bias[o] += HoldsMax(fn[k + o], positions) ? mn[k + o] : 0.0f;
           for (int64_t o = 0; o < s.o; ++o) sum[size + o] += bias[o];
         }
       });
@@ -1148,11 +1154,11 @@ ffi::Error ConvPoolInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> first,
           for (int64_t o = 0; o < filters; ++o) {
             const int32_t p = fn[cell + o];
             const float m = mn[cell + o];
-            const bool valid = static_cast<uint32_t>(p) < static_cast<uint32_t>(positions);
+            const bool valid = HoldsMax(p, positions);
             const int64_t q = valid ? p : 0;
             weights[q * filters + counts[q]] = padded.data() + o * kh * rvp * kLanes;
             scales[q * filters + counts[q]] = m;
-            counts[q] += valid & (m != 0.0f);  // not a NaN maximum, nor a zero cotangent
+            counts[q] += valid & (m != 0.0f);  // nor a zero cotangent
           }
           for (int32_t p = 0; p < positions; ++p) {
             float* corner = dxn + ((ph * i + p / pw) * w + pw * j + p % pw) * c;
