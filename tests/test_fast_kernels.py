@@ -257,6 +257,15 @@ def test_conv_pool_forward_kernel_equals_the_xla_formulation(window, filters, si
         assert len(np.unique(np.asarray(first))) > 1
 
 
+def _kernel_close(fn, dense, target, *args):
+    """``fn`` calls the kernel ``target`` and gives each of dense's arrays to float32 rounding
+    (relative to the array's largest value)."""
+    assert target in fn.lower(*args).as_text()
+    for got, want in zip(jax.tree_util.tree_leaves(fn(*args)),
+                         jax.tree_util.tree_leaves(jax.jit(dense)(*args))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
 def _pooled_cotangent(rng, n, out_hw, window, filters):
     """A max pool's (first, dmax) over a convolution's output of out_hw: first positions with
     some NaN maxima (first = ph * pw) and cotangents a third of them zero (a ReLU's, which the
@@ -297,10 +306,7 @@ def test_conv_pool_input_grad_kernel_equals_the_dense_input_gradient(window, cha
 
     grad = jax.jit(lambda f, m, wt: kernels.conv_pool_input_grad(
         f, m, wt, window, dense, input_shape=(n, h, w, channels)))
-    assert "jaxlenet_conv_pool_input_grad" in grad.lower(first, dmax, weight).as_text()
-    want = jax.jit(dense)(first, dmax, weight)
-    np.testing.assert_allclose(grad(first, dmax, weight), want, rtol=1e-5,
-                               atol=1e-5 * float(jnp.abs(want).max()))
+    _kernel_close(grad, dense, "jaxlenet_conv_pool_input_grad", first, dmax, weight)
 
 
 @needs_kernels
@@ -330,9 +336,7 @@ def test_conv_pool_param_grads_kernel_equals_the_dense_weight_gradient(window, c
 
     grads = jax.jit(lambda x, f, m: kernels.conv_pool_param_grads(x, f, m, kernel, window,
                                                                   dense))
-    assert "jaxlenet_conv_pool_param_grads" in grads.lower(x, first, dmax).as_text()
-    for got, want in zip(grads(x, first, dmax), jax.jit(dense)(x, first, dmax)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    _kernel_close(grads, dense, "jaxlenet_conv_pool_param_grads", x, first, dmax)
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64")
